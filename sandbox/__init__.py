@@ -1,0 +1,1 @@
+"""goalkeeper.sandbox."""

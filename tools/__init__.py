@@ -1,0 +1,1 @@
+"""goalkeeper.tools: the command-line interface and benchmarks."""

@@ -1,0 +1,1 @@
+"""Benchmarks comparing goalkeeper with real Nix 2.8."""
