@@ -23,15 +23,19 @@ _NAME_RE = re.compile(r"[A-Za-z0-9+\-._?=]+\Z")
 DEFAULT_STORE_DIR = "/nix/store"
 
 
-def check_name(name: str, what: str = "store path") -> str:
-    """Validate a store path name as `StorePath`'s constructor does; return it."""
+def check_name(name: str, base: str | None = None) -> str:
+    """Validate a store path name as Nix's `checkName` does; return it.
+
+    `base` is the base name used in messages (Nix names the whole `<hash>-<name>`).
+    """
+    shown = base if base is not None else name
     if not name:
-        raise BadStorePath(f"{what} has an empty name")
+        raise BadStorePath(f"store path '{shown}' has an empty name")
     if len(name) > MAX_NAME_LEN:
-        raise BadStorePath(f"{what} name '{name}' is longer than {MAX_NAME_LEN} characters")
+        raise BadStorePath(f"store path '{shown}' has a name longer than {MAX_NAME_LEN} characters")
     if not _NAME_RE.match(name):
         bad = next(c for c in name if not _NAME_RE.match(c))
-        raise BadStorePath(f"{what} name '{name}' contains illegal character '{bad}'")
+        raise BadStorePath(f"store path '{shown}' contains illegal character '{bad}'")
     return name
 
 
@@ -43,11 +47,14 @@ class StorePath:
 
     def __post_init__(self) -> None:
         base = self.base
-        if len(base) < HASH_PART_LEN + 2 or base[HASH_PART_LEN] != "-":
-            raise BadStorePath(f"path '{base}' is not a valid store path base name")
-        if not nixbase32.is_valid(base[:HASH_PART_LEN]):
-            raise BadStorePath(f"store path '{base}' contains illegal base-32 character")
-        check_name(base[HASH_PART_LEN + 1 :], f"store path '{base}'")
+        if len(base) < HASH_PART_LEN + 1:
+            raise BadStorePath(f"'{base}' is too short to be a valid store path")
+        for c in base[:HASH_PART_LEN]:
+            if c not in nixbase32.ALPHABET:
+                raise BadStorePath(f"store path '{base}' contains illegal base-32 character '{c}'")
+        if base[HASH_PART_LEN] != "-":
+            raise BadStorePath(f"store path '{base}' has no '-' after its hash part")
+        check_name(base[HASH_PART_LEN + 1 :], base)
 
     @classmethod
     def from_parts(cls, hash_part: str, name: str) -> "StorePath":
@@ -135,10 +142,9 @@ class StoreDir:
 
     def make_store_path(self, type_: str, digest: Hash, name: str) -> StorePath:
         """`makeStorePath`: `<type>:sha256:<base16>:<storeDir>:<name>`, sha256, XOR-folded to 20 bytes."""
-        check_name(name)
         fingerprint = f"{type_}:{digest.algo}:{digest.base16()}:{self.path}:{name}"
         compressed = compress_hash(sha256(fingerprint.encode()).digest, 20)
-        return StorePath.from_parts(nixbase32.encode(compressed), name)
+        return StorePath.from_parts(nixbase32.encode(compressed), name)  # validates the name
 
     def make_output_path(self, output_name: str, drv_hash: Hash, drv_name: str) -> StorePath:
         """`makeOutputPath` for input-addressed outputs: type `output:<name>`."""
