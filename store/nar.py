@@ -28,6 +28,7 @@ from .hashes import Hash, new_hasher
 NAR_VERSION_MAGIC_1 = b"nix-archive-1"
 CHUNK_SIZE = 1 << 20  # contents stream in 1 MiB pieces
 _FLUSH_AT = 1 << 18  # batch small tokens and files before handing them to a sink
+_SMALL_FILE = 1 << 16  # files up to this size are read whole and batched with the tokens
 MAX_NAME_LEN = 4096  # PATH_MAX; Linux names are at most 255 bytes, so this only bounds hostile input
 MAX_TARGET_LEN = 4096  # PATH_MAX bounds a symlink target
 _MAX_KEYWORD_LEN = 16  # longer than every keyword ("nix-archive-1" is 13)
@@ -87,7 +88,7 @@ def _dump_pieces(path: str | bytes) -> Iterator[bytes | bytearray | memoryview]:
                     out += _EXECUTABLE
                 out += _CONTENTS
                 out += size.to_bytes(8, "little")
-                if size <= _FLUSH_AT:
+                if size <= _SMALL_FILE:
                     data = os.read(fd, size) if size else b""
                     if len(data) < size:
                         data += _read_rest(fd, node, size - len(data))
