@@ -1,0 +1,290 @@
+"""The forked child: applies a fully decided :class:`BuildSpec`, then execs the builder.
+
+Guarantees of a sandboxed build (``spec.sandbox`` set), matching Nix 2.8's on Linux:
+
+- It is pid 1 of a fresh pid namespace; nothing outside is visible, and when it exits the
+  kernel kills everything it left behind.
+- It runs as uid 1000 / gid 100 in a fresh user namespace mapped to one host uid/gid (the
+  build user or the caller), with setgroups denied; it holds no capabilities after setuid.
+- Its root is ``sandbox.root`` (pivot_root, old root detached): only the bind-mounted
+  host paths, a fresh /proc, a private tmpfs /dev/shm, a private devpts and a minimal /dev.
+- Mounts never propagate back to the host ("/" is made MS_PRIVATE first).
+- Hostname ``localhost``, domainname ``(none)``, private SysV IPC, and (unless the build
+  is fixed-output) a network namespace with only ``lo``, brought up.
+- Every build, sandboxed or not: a new session; stdin is /dev/null, stdout and stderr the
+  build's pty slave (raw mode, no CR/LF translation); no other fds survive exec; core
+  dumps are off; address-space randomisation is off; setuid/setgid chmod fails with EPERM
+  and setxattr with ENOTSUP (seccomp); no-new-privileges is set unless allowed; it is
+  SIGKILLed if the spawner dies.
+
+How a failure is reported: each step has a name; the first that fails writes
+``step NUL errno NUL message`` to the setup channel and the child ``_exit(1)``s.  The setup
+channel is O_CLOEXEC, so a successful exec closes it: EOF without data means started.
+
+Imports: the standard library, ``prctl``, the compiled pyseccomp filter handed over by the
+spawner, and this package's ``spec`` and ``_linux`` only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+from dataclasses import dataclass
+
+import prctl
+
+from . import _linux
+from .spec import (BindMount, BuildSpec, DevptsMount, ProcMount, SandboxSpec, SharedMount,
+                   TmpfsMount)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFds:
+    """The runtime fds a child inherits from the spawner (all O_CLOEXEC)."""
+
+    pty_slave: int
+    setup_w: int  # setup channel, child -> spawner
+    sync_r: int  # id-map sync, spawner -> child ("1" when uid_map/gid_map are written)
+    lifeline_r: int  # the spawner holds the only write end: EOF means it died
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, err: int, message: str):
+        super().__init__(step, err, message)
+        self.step, self.errno, self.message = step, err, message
+
+
+def encode_failure(step: str, err: int, message: str) -> bytes:
+    return b"\0".join([step.encode(), str(err).encode(), message.encode(errors="replace")])
+
+
+def decode_failure(data: bytes) -> tuple[str, int, str]:
+    step, err, message = data.split(b"\0", 2)
+    return step.decode(), int(err), message.decode(errors="replace")
+
+
+class _Steps:
+    """Runs named steps; the first OSError becomes a _StepFailed naming the step."""
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = "start"
+
+    def __call__(self, name: str) -> "_Steps":
+        self.name = name
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ, exc, tb) -> bool:
+        if exc is None or isinstance(exc, _StepFailed):
+            return False
+        if isinstance(exc, OSError):
+            detail = f": {exc.filename}" if exc.filename else ""
+            raise _StepFailed(self.name, exc.errno or 0, f"{exc.strerror}{detail}") from exc
+        raise _StepFailed(self.name, 0, f"{type(exc).__name__}: {exc}") from exc
+
+
+def run(spec: BuildSpec, fds: ChildFds, seccomp_filter=None) -> None:
+    """Apply ``spec`` and exec the builder.  Never returns."""
+    try:
+        _apply(spec, fds, seccomp_filter)
+    except _StepFailed as e:
+        _report(fds.setup_w, e.step, e.errno, e.message)
+    except BaseException as e:  # a bug in this module: still report it, never return
+        _report(fds.setup_w, "internal", 0, f"{type(e).__name__}: {e}")
+    os._exit(1)
+
+
+def _report(fd: int, step: str, err: int, message: str) -> None:
+    try:
+        os.write(fd, encode_failure(step, err, message))
+    finally:
+        os._exit(1)
+
+
+def _check_lifeline(fds: ChildFds) -> None:
+    # PR_SET_PDEATHSIG only covers deaths after it is set, and getppid() is 0 inside a
+    # pid namespace; the lifeline pipe answers "is the spawner still there?" everywhere.
+    readable, _, _ = select.select([fds.lifeline_r], [], [], 0)
+    if readable:
+        os._exit(1)
+
+
+def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
+    step = _Steps()
+    sandbox = spec.sandbox
+    with step("setsid"):
+        os.setsid()
+    if spec.kill_with_parent:
+        with step("pdeathsig"):
+            prctl.set_pdeathsig(signal.SIGKILL)
+            _check_lifeline(fds)
+    with step("dup-fds"):
+        stdin = os.open(spec.stdin_path, os.O_RDWR)
+        os.dup2(stdin, 0)
+        os.dup2(fds.pty_slave, 1)
+        os.dup2(fds.pty_slave, 2)
+    if sandbox is not None and sandbox.user_namespace:
+        with step("wait-for-id-map"):
+            if os.read(fds.sync_r, 1) != b"1":
+                os._exit(1)  # the spawner died before writing our id maps
+    if spec.seccomp is not None:
+        # Before setuid, while we still hold CAP_SYS_ADMIN in our namespace: loading a
+        # filter without NO_NEW_PRIVS needs it.  Nix also installs the filter first.
+        with step("seccomp"):
+            try:
+                seccomp_filter.load()
+            except OSError:
+                if spec.seccomp.required:
+                    raise
+    if sandbox is not None:
+        _apply_sandbox(spec, sandbox, step)
+    if spec.credentials is not None:
+        creds = spec.credentials
+        with step("setgid/setuid"):
+            if creds.supplementary_gids is not None:
+                os.setgroups(list(creds.supplementary_gids))
+            os.setgid(creds.gid)
+            os.setuid(creds.uid)
+        if spec.kill_with_parent:
+            # The kernel clears the parent-death signal when the euid changes.
+            with step("pdeathsig"):
+                prctl.set_pdeathsig(signal.SIGKILL)
+                _check_lifeline(fds)
+    with step("signals"):
+        # Python ignores SIGPIPE (and the spawner handles SIGCHLD and SIGTERM); ignored
+        # signals and the signal mask survive execve, so restore what a builder expects.
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
+                    signal.SIGXFSZ, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    with step("chdir"):
+        os.chdir(spec.cwd)
+    with step("close-fds"):
+        # Everything but 0-2 and the setup channel, which exec closes (O_CLOEXEC).
+        os.closerange(3, fds.setup_w)
+        os.closerange(fds.setup_w + 1, 1 << 20)
+    with step("personality"):
+        if spec.personality_set is not None:
+            _linux.personality(spec.personality_set)
+        if spec.personality_or:
+            _linux.personality(_linux.personality(0xFFFFFFFF) | spec.personality_or)
+    with step("rlimits"):
+        for limit in spec.rlimits:
+            resource.setrlimit(limit.resource, (limit.soft, limit.hard))
+    with step("umask"):
+        os.umask(spec.umask)
+    if spec.no_new_privileges:
+        with step("prctl"):
+            prctl.set_no_new_privs(1)
+    with step("exec"):
+        env = dict(spec.env)
+        os.execve(spec.builder, list(spec.argv), env)
+
+
+def _apply_sandbox(spec: BuildSpec, sandbox: SandboxSpec, step: _Steps) -> None:
+    root = sandbox.root
+    if sandbox.private_network:
+        with step("loopback-up"):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0) as sock:
+                flags = _linux.IFF_UP | _linux.IFF_LOOPBACK | _linux.IFF_RUNNING
+                fcntl.ioctl(sock.fileno(), _linux.SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags))
+    with step("hostname"):
+        _linux.sethostname(sandbox.hostname)
+        _linux.setdomainname(sandbox.domainname)
+    with step("mount-private"):
+        # Subtrees may be MS_SHARED (systemd does that); mounting on top of one would
+        # propagate to the host even from a private mount namespace.
+        _linux.mount(None, "/", None, _linux.MS_PRIVATE | _linux.MS_REC)
+    with step("bind-root"):
+        # pivot_root needs the new root to be a mount point of its own.
+        _linux.mount(root, root, None, _linux.MS_BIND)
+    with step("populate"):
+        for d in sandbox.dirs:
+            os.makedirs(d.path, exist_ok=True)
+            os.chmod(d.path, d.mode)
+        for f in sandbox.files:
+            fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, f.mode)
+            try:
+                os.write(fd, f.contents)
+            finally:
+                os.close(fd)
+        for s in sandbox.symlinks:
+            os.symlink(s.target, s.path)
+    for m in sandbox.mounts:
+        _apply_mount(m, step)
+    if sandbox.unshare_mount_before_pivot:
+        with step("unshare-mount"):
+            _linux.unshare(_linux.CLONE_NEWNS)
+    with step("pivot_root"):
+        os.chdir(root)
+        os.mkdir("real-root", 0)
+        _linux.pivot_root(".", "real-root")
+        os.chroot(".")
+        _linux.umount2("real-root", _linux.MNT_DETACH)
+        os.rmdir("real-root")
+
+
+def _apply_mount(m, step: _Steps) -> None:
+    if isinstance(m, BindMount):
+        with step("bind-mount"):
+            _bind(m.source, m.target, optional=m.optional, recursive=m.recursive)
+            if m.read_only:
+                _linux.mount(None, m.target, None,
+                             _linux.MS_BIND | _linux.MS_REMOUNT | _linux.MS_RDONLY)
+    elif isinstance(m, SharedMount):
+        with step("shared-mount"):
+            _linux.mount(m.target, m.target, None, _linux.MS_BIND)
+            _linux.mount(None, m.target, None, _linux.MS_SHARED)
+    elif isinstance(m, ProcMount):
+        with step("proc"):
+            os.makedirs(m.target, exist_ok=True)
+            _linux.mount("none", m.target, "proc")
+    elif isinstance(m, TmpfsMount):
+        with step("tmpfs"):
+            os.makedirs(m.target, exist_ok=True)
+            _linux.mount("none", m.target, "tmpfs", 0, m.options or None)
+    elif isinstance(m, DevptsMount):
+        with step("devpts"):
+            os.makedirs(m.target, exist_ok=True)
+            try:
+                _linux.mount("none", m.target, "devpts", 0, m.options)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                # No multiple devpts instances in this kernel: share the host's.
+                _bind("/dev/pts", m.target)
+                _bind("/dev/ptmx", m.ptmx_link)
+            else:
+                os.symlink("/dev/pts/ptmx", m.ptmx_link)
+                # Some kernels create ptmx with mode 0 in a new instance.
+                os.chmod(os.path.join(m.target, "ptmx"), 0o666)
+    else:
+        raise TypeError(f"unknown mount {m!r}")
+
+
+def _bind(source: str, target: str, *, optional: bool = False, recursive: bool = True) -> None:
+    # Nix's doBind: stat() follows symlinks, so /bin -> usr/bin binds /usr/bin's contents.
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        if optional:
+            return
+        raise
+    if (st.st_mode & 0o170000) == 0o040000:
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+    flags = _linux.MS_BIND | (_linux.MS_REC if recursive else 0)
+    _linux.mount(source, target, "", flags)
