@@ -1,0 +1,106 @@
+"""What the engine and the spawner say to each other, and how it is framed.
+
+Over one Unix stream socketpair: requests go engine -> spawner, events spawner -> engine.
+A frame is a 4-byte big-endian length and a dill pickle.  The one file descriptor that
+crosses (a build's pty master) rides as SCM_RIGHTS on the frame of its ``Spawned`` event;
+the kernel delivers it with the first byte of that frame, so the receiver queues fds in
+arrival order and hands the next one to each ``Spawned`` it decodes.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import dill
+
+from .spec import BuildSpec, ChildExited
+
+MAX_FRAME = 64 << 20  # a spec carries the env; Linux caps argv+env far below this
+_LENGTH = struct.Struct(">I")
+
+
+# Requests (engine -> spawner): commands, imperative.
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spawn:
+    build_id: int
+    spec: BuildSpec
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Kill:
+    """Signal the build's process group (the builder called setsid, so pgid == pid)."""
+
+    build_id: int
+    signal: int
+
+
+# Events (spawner -> engine): past tense.  Every started build gets exactly one of
+# Started / SetupFailed and then exactly one Exited; a failed spawn gets SetupFailed only.
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spawned:
+    """The child exists; ``pty_master`` (filled in by the receiver) now belongs to it."""
+
+    build_id: int
+    pid: int
+    pty_master: int = -1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    """The builder was exec'd (the setup channel closed without a report)."""
+
+    build_id: int
+    pid: int
+    spawn_ns: int  # spawner time for the request: pty, fork/clone, id maps
+    setup_ns: int  # from fork to exec, as the spawner saw it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetupFailed:
+    build_id: int
+    step: str
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Exited:
+    build_id: int
+    result: ChildExited
+
+
+Request = Spawn | Kill
+Event = Spawned | Started | SetupFailed | Exited
+
+
+def encode(message: Request | Event) -> bytes:
+    payload = dill.dumps(message, protocol=dill.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed`` bytes as they come, ``frames()`` yields messages."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    def frames(self):
+        buf = self._buf
+        while len(buf) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buf)
+            if length > MAX_FRAME:
+                raise ValueError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+            end = _LENGTH.size + length
+            if len(buf) < end:
+                return
+            message = dill.loads(bytes(buf[_LENGTH.size:end]))
+            del buf[:end]
+            yield message

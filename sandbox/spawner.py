@@ -1,0 +1,340 @@
+"""The spawner: a single-threaded process that forks one child per build.
+
+The engine has threads (Pykka actors), and fork() in a threaded process leaves the child
+with locks held by threads that no longer exist.  So the engine starts this process once
+(``process.Spawner``) and sends it ``Spawn``/``Kill`` requests over a socketpair; having no
+threads, it can fork (or clone) and run Python in the child safely.
+
+Per build: open the pty first (before any namespace work, as Nix does: a devpts opened
+after CLONE_NEWUSER would belong to the wrong namespace), fork or clone the child, write
+its uid_map/setgroups/gid_map from outside (a process cannot map itself to root-owned
+ids), release it through the sync pipe, send the pty master back to the engine with
+SCM_RIGHTS, then watch the child's setup channel (EOF = exec succeeded) and reap it.
+
+Sandboxed children are made with a raw clone(CLONE_NEWUSER|CLONE_NEWPID|...), so the child
+is pid 1 of its pid namespace directly and a direct child of the spawner (one process per
+build, and its wait status is the builder's).  Unsandboxed children use os.fork().
+
+Lifetime: the spawner dies with the engine (PR_SET_PDEATHSIG(SIGTERM) plus a re-check of
+the parent pid, and EOF on the socket); before exiting it SIGKILLs every build's process
+group.  Builds hold a lifeline pipe to the spawner and PR_SET_PDEATHSIG(SIGKILL).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import selectors
+import signal
+import socket
+import sys
+import termios
+import time
+from dataclasses import dataclass, field
+
+import prctl
+
+from . import _linux, child
+from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawn, Spawned, Started,
+                       encode)
+from .seccomp import compile_policy
+from .spec import BuildSpec, ChildExited
+
+
+def make_raw(fd: int) -> None:
+    """cfmakeraw(3) exactly, so a builder sees the same termios as under Nix (no \\r\\n)."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
+    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+               | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
+    oflag &= ~termios.OPOST
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag &= ~(termios.CSIZE | termios.PARENB)
+    cflag |= termios.CS8
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
+
+
+@dataclass(slots=True)
+class _Child:
+    build_id: int
+    pid: int
+    forked_ns: int
+    spawn_ns: int
+    setup_r: int  # -1 once the setup outcome has been reported
+    report: bytearray = field(default_factory=bytearray)
+
+
+class SpawnerLoop:
+    """The select loop.  One instance per spawner process."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._sock.setblocking(False)
+        self._decoder = FrameDecoder()
+        self._outbox: list[tuple[bytes, list[int]]] = []  # frames + fds not yet sent
+        self._children: dict[int, _Child] = {}  # by pid
+        self._by_build: dict[int, int] = {}  # build_id -> pid
+        # The children inherit the read end; only we hold the write end.
+        self._lifeline_r, self._lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._sock, selectors.EVENT_READ, "sock")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._running = True
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wake the selector via the fd
+        signal.signal(signal.SIGTERM, lambda *_: self._stop())
+        try:
+            while self._running:
+                for key, mask in self._sel.select():
+                    tag = key.data
+                    if tag == "sock":
+                        if mask & selectors.EVENT_READ:
+                            self._read_requests()
+                        if mask & selectors.EVENT_WRITE:
+                            self._flush()
+                    elif tag == "wake":
+                        _drain(self._wake_r)
+                        self._reap()
+                    else:
+                        self._read_setup(tag)
+        finally:
+            self._kill_all()
+
+    def _stop(self) -> None:
+        self._running = False
+
+    def _read_requests(self) -> None:
+        try:
+            data = self._sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except ConnectionResetError:
+            data = b""
+        if not data:  # the engine closed its end or died
+            self._running = False
+            return
+        self._decoder.feed(data)
+        for request in self._decoder.frames():
+            if isinstance(request, Spawn):
+                self._spawn(request.build_id, request.spec)
+            elif isinstance(request, Kill):
+                self._kill(request.build_id, request.signal)
+            else:
+                raise TypeError(f"unexpected request {request!r}")
+
+    # -- events out ----------------------------------------------------------------------
+
+    def _send(self, event, fds: list[int] = ()) -> None:
+        self._outbox.append((encode(event), list(fds)))
+        self._flush()
+
+    def _flush(self) -> None:
+        while self._outbox:
+            data, fds = self._outbox[0]
+            try:
+                if fds:
+                    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    sent = self._sock.sendmsg([data], ancillary)
+                    for fd in fds:  # the engine has its own copies now
+                        os.close(fd)
+                else:
+                    sent = self._sock.send(data)
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                self._running = False
+                self._outbox.clear()
+                return
+            if sent < len(data):
+                self._outbox[0] = (data[sent:], [])
+            else:
+                self._outbox.pop(0)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self._outbox else 0)
+        self._sel.modify(self._sock, events, "sock")
+
+    # -- spawning ----------------------------------------------------------------------
+
+    def _spawn(self, build_id: int, spec: BuildSpec) -> None:
+        t0 = time.perf_counter_ns()
+        # The pty comes first: opened after CLONE_NEWUSER it would be owned by a devpts
+        # instance the builder's namespace does not map (EPERM / wrong owner).
+        master, slave = os.openpty()  # O_NOCTTY, both O_CLOEXEC (non-inheritable)
+        make_raw(slave)
+        setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r,
+                             lifeline_r=self._lifeline_r)
+        try:
+            seccomp_filter = compile_policy(spec.seccomp) if spec.seccomp else None
+            pid = self._fork(spec)
+        except OSError as e:
+            for fd in (master, slave, setup_r, setup_w, sync_r, sync_w):
+                os.close(fd)
+            step = "clone" if spec.sandbox is not None else "fork"
+            self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
+                                   message=e.strerror or str(e)))
+            return
+        if pid == 0:  # the child; never returns
+            child.run(spec, fds, seccomp_filter)
+        forked_ns = time.perf_counter_ns()
+        for fd in (slave, setup_w, sync_r):
+            os.close(fd)
+        try:
+            if spec.sandbox is not None and spec.sandbox.user_namespace:
+                self._write_id_maps(pid, spec)
+            os.write(sync_w, b"1")
+        except OSError as e:
+            # The child is waiting on the sync pipe; closing it makes it exit.
+            self._report_early(build_id, pid, "id-map", e, master, setup_r)
+            os.close(sync_w)
+            return
+        os.close(sync_w)
+        spawn_ns = time.perf_counter_ns() - t0
+        c = _Child(build_id=build_id, pid=pid, forked_ns=forked_ns, spawn_ns=spawn_ns,
+                   setup_r=setup_r)
+        self._children[pid] = c
+        self._by_build[build_id] = pid
+        os.set_blocking(setup_r, False)
+        self._sel.register(setup_r, selectors.EVENT_READ, pid)
+        self._send(Spawned(build_id=build_id, pid=pid), [master])
+
+    def _fork(self, spec: BuildSpec) -> int:
+        sandbox = spec.sandbox
+        if sandbox is None:
+            return os.fork()
+        flags = (_linux.CLONE_NEWNS | _linux.CLONE_NEWPID | _linux.CLONE_NEWIPC
+                 | _linux.CLONE_NEWUTS | signal.SIGCHLD)
+        if sandbox.user_namespace:
+            flags |= _linux.CLONE_NEWUSER
+        if sandbox.private_network:
+            flags |= _linux.CLONE_NEWNET
+        return _linux.clone(flags)
+
+    @staticmethod
+    def _write_id_maps(pid: int, spec: BuildSpec) -> None:
+        # Order matters: gid_map is only writable by an unprivileged parent after
+        # setgroups has been denied.
+        sandbox = spec.sandbox
+        for name, text in (("uid_map", sandbox.uid_map.render()), ("setgroups", b"deny"),
+                           ("gid_map", sandbox.gid_map.render())):
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+
+    def _report_early(self, build_id, pid, step, e, master, setup_r) -> None:
+        os.close(master)
+        os.close(setup_r)
+        self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
+                               message=e.strerror or str(e)))
+        # Still reaped (and reported as Exited) by _reap.
+        self._children[pid] = _Child(build_id=build_id, pid=pid, forked_ns=0, spawn_ns=0,
+                                     setup_r=-1)
+        self._by_build[build_id] = pid
+        _kill_group(pid, signal.SIGKILL)
+
+    def _read_setup(self, pid: int) -> None:
+        c = self._children[pid]
+        try:
+            data = os.read(c.setup_r, 4096)
+        except BlockingIOError:
+            return
+        if data:
+            c.report += data
+            return
+        self._finish_setup(c)
+
+    def _finish_setup(self, c: _Child) -> None:
+        self._sel.unregister(c.setup_r)
+        os.close(c.setup_r)
+        c.setup_r = -1
+        if c.report:
+            step, err, message = child.decode_failure(bytes(c.report))
+            self._send(SetupFailed(build_id=c.build_id, step=step, errno=err, message=message))
+        else:
+            self._send(Started(build_id=c.build_id, pid=c.pid, spawn_ns=c.spawn_ns,
+                               setup_ns=time.perf_counter_ns() - c.forked_ns))
+
+    # -- killing and reaping -------------------------------------------------------------
+
+    def _kill(self, build_id: int, sig: int) -> None:
+        pid = self._by_build.get(build_id)
+        if pid is not None:
+            _kill_group(pid, sig)
+
+    def _reap(self) -> None:
+        while self._children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._reaped(pid, status)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        c = self._children.pop(pid, None)
+        if c is None:
+            return
+        if c.setup_r != -1:
+            # Dead before we saw its setup channel close: whatever it wrote is all there
+            # is (no other process holds the O_CLOEXEC write end).
+            os.set_blocking(c.setup_r, True)
+            while chunk := os.read(c.setup_r, 4096):
+                c.report += chunk
+            self._finish_setup(c)
+        del self._by_build[c.build_id]
+        self._send(Exited(build_id=c.build_id, result=ChildExited(pid, status)))
+
+    def _kill_all(self) -> None:
+        for pid in list(self._children):
+            _kill_group(pid, signal.SIGKILL)
+        for pid in list(self._children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    # The child calls setsid() first thing; until then its group does not exist yet.
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """``python -m goalkeeper.sandbox.spawner ENGINE_PID SOCKET_FD``."""
+    engine_pid, sock_fd = int(argv[1]), int(argv[2])
+    # Die with the engine.  PDEATHSIG fires when the engine *thread* that forked us exits,
+    # so the engine must start us from a long-lived thread; SIGTERM lets us kill builds.
+    prctl.set_pdeathsig(signal.SIGTERM)
+    if os.getppid() != engine_pid:  # it died before PDEATHSIG was armed
+        return 1
+    sock = socket.socket(fileno=sock_fd)
+    SpawnerLoop(sock).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
