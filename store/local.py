@@ -1,0 +1,446 @@
+"""The local store (libstore/local-store.cc) in Nix 2.8's own on-disk format.
+
+A `LocalStore` is shared by threads: each thread gets its own SQLite
+connection on first use (connections belong to their thread), and every
+write is one `BEGIN IMMEDIATE` transaction, so goalkeeper threads, goalkeeper
+processes and real Nix can register paths in one store at the same moment.
+
+Adding a path follows one order so that a kill -9 at any instant leaves
+nothing that claims more than it has: the contents are written under a temp
+name inside the real store dir and canonicalised; then, holding the path's
+lock, any invalid leftover at the final name is deleted, the temp is renamed
+into place, and only then is the path registered. A crash leaves either an
+unregistered temp (garbage to Nix's GC) or an unregistered final path, which
+the next adder deletes before reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from . import valid_paths as vp
+from .canonicalise import canonicalise_path_metadata
+from .content_address import ContentAddress
+from .db import StoreDB, retry_busy
+from .derivation import Derivation
+from .derivation_hash import DrvHashCache
+from .errors import InvalidPath, StoreError
+from .hashes import Hash, hash_bytes
+from .locks import PathLocks, TempRoots
+from .nar import delete_path, dump_path, hash_flat, hash_path, restore_path
+from .path_info import ValidPathInfo
+from .paths import StoreDir, StorePath, check_name
+from .store_config import LocalStoreConfig
+from .store_layout import StoreLayout
+
+_temp_counter = itertools.count()
+
+
+class LocalStore:
+    """A local Nix store: its files, its database and its locks.
+
+    Attributes:
+        config: where everything lives.
+        store_dir: the logical store dir (`config.store_dir`).
+        layout: the directories and files under the state dir.
+    """
+
+    def __init__(self, config: LocalStoreConfig, settings=None):
+        self.config = config
+        self.store_dir: StoreDir = config.store_dir
+        self.settings = settings
+        self.layout = StoreLayout(config, settings)
+        self.temp_roots = TempRoots(config.state_dir)
+        self._local = threading.local()
+        self._dbs: list[StoreDB] = []
+        self._dbs_lock = threading.Lock()
+        self._drv_hash_cache: DrvHashCache = {}
+        self._closed = False
+
+    @classmethod
+    def open(cls, config: LocalStoreConfig, settings=None) -> "LocalStore":
+        """Open the store, creating Nix's layout and database if missing.
+
+        Raises:
+            SchemaError: the schema is newer (or much older) than Nix 2.8's.
+            SQLiteError: the database cannot be opened (e.g. truncated).
+        """
+        store = cls(config, settings)
+        try:
+            store.layout.create()
+            store.layout.open_database()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close every connection, release the big-lock and remove our temp roots file."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._dbs_lock:
+            dbs, self._dbs = self._dbs, []
+        for db in dbs:
+            db.close()
+        self.temp_roots.close()
+        self.layout.close()
+
+    def __enter__(self) -> "LocalStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def db(self) -> StoreDB:
+        """This thread's connection (opened on first use)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self._closed:
+                raise StoreError("the store has been closed")
+            db = self.layout.connect()
+            self._local.db = db
+            with self._dbs_lock:
+                self._dbs.append(db)
+        return db
+
+    def transaction(self, what: str = "updating the database"):
+        """A write transaction on this thread's connection."""
+        return self.db().transaction(what)
+
+    def to_real_path(self, logical: str) -> str:
+        return self.config.to_real_path(logical)
+
+    def real_path(self, path: StorePath) -> str:
+        return self.config.to_real_path(self.store_dir.print(path))
+
+    def print(self, path: StorePath) -> str:
+        return self.store_dir.print(path)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def is_valid_path(self, path: StorePath) -> bool:
+        return vp.is_valid_path(self.db(), self.store_dir, path)
+
+    def query_path_info(self, path: StorePath) -> ValidPathInfo | None:
+        return vp.query_path_info(self.db(), self.store_dir, path)
+
+    def require_path_info(self, path: StorePath) -> ValidPathInfo:
+        """`queryPathInfo` as Nix's callers see it: an error for an invalid path."""
+        info = self.query_path_info(path)
+        if info is None:
+            raise InvalidPath(f"path '{self.print(path)}' is not valid")
+        return info
+
+    def query_referrers(self, path: StorePath) -> set[StorePath]:
+        return vp.query_referrers(self.db(), self.store_dir, path)
+
+    def query_valid_derivers(self, path: StorePath) -> set[StorePath]:
+        return vp.query_valid_derivers(self.db(), self.store_dir, path)
+
+    def query_partial_derivation_output_map(self, drv_path: StorePath) -> dict[str, StorePath | None]:
+        """Every output of a valid drv, with its path where the store knows one."""
+        known: dict[str, StorePath | None] = dict(vp.query_derivation_outputs(self.db(), self.store_dir, drv_path))
+        if self.layout.ca_derivations:
+            from .realisations import static_output_realisations
+
+            for name, realised in static_output_realisations(self, drv_path).items():
+                known[name] = realised
+        return known
+
+    def query_derivation_output_map(self, drv_path: StorePath) -> dict[str, StorePath]:
+        """Like the partial map, but every output must have a known path."""
+        result = {}
+        for name, path in self.query_partial_derivation_output_map(drv_path).items():
+            if path is None:
+                raise StoreError(
+                    f"output '{name}' of derivation '{self.print(drv_path)}' has no known path"
+                )
+            result[name] = path
+        return result
+
+    def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
+        return vp.query_path_from_hash_part(self.db(), self.store_dir, hash_part)
+
+    def query_all_valid_paths(self) -> set[StorePath]:
+        return vp.query_all_valid_paths(self.db(), self.store_dir)
+
+    def compute_fs_closure(
+        self,
+        paths: Iterable[StorePath] | StorePath,
+        flip_direction: bool = False,
+        include_outputs: bool = False,
+        include_derivers: bool = False,
+    ) -> set[StorePath]:
+        """`computeFSClosure`: everything reachable by references (or referrers, flipped).
+
+        Raises:
+            InvalidPath: a path reached (not flipped) is not valid.
+        """
+        todo = [paths] if isinstance(paths, StorePath) else list(paths)
+        closure: set[StorePath] = set()
+        while todo:
+            path = todo.pop()
+            if path in closure:
+                continue
+            closure.add(path)
+            if flip_direction:
+                todo.extend(self.query_referrers(path))
+                if include_outputs:
+                    todo.extend(self.query_valid_derivers(path))
+                if include_derivers and path.is_derivation():
+                    todo.extend(p for p in vp.query_derivation_outputs(self.db(), self.store_dir, path).values()
+                                if self.is_valid_path(p))
+                continue
+            info = self.require_path_info(path)
+            todo.extend(info.references)
+            if include_outputs and path.is_derivation():
+                todo.extend(p for p in self.query_partial_derivation_output_map(path).values()
+                            if p is not None and self.is_valid_path(p))
+            if include_derivers and info.deriver is not None and self.is_valid_path(info.deriver):
+                todo.append(info.deriver)
+        return closure
+
+    def topo_sort_paths(self, paths: Iterable[StorePath]) -> list[StorePath]:
+        """`topoSortPaths`: referrers before their references."""
+        from .topo_sort import topo_sort
+
+        def children(path: StorePath):
+            info = self.query_path_info(path)
+            return info.references if info is not None else ()
+
+        return topo_sort(
+            set(paths),
+            children,
+            lambda p, parent: vp.ReferenceCycle(
+                f"cycle detected in the references of '{self.print(p)}' from '{self.print(parent)}'"
+            ),
+        )
+
+    # -- derivations ------------------------------------------------------------------------
+
+    def read_derivation(self, drv_path: StorePath) -> Derivation:
+        """`readInvalidDerivation`: parse the .drv file (it need not be valid yet)."""
+        real = self.real_path(drv_path)
+        try:
+            with open(real, "rb") as f:
+                text = f.read()
+        except OSError as err:
+            raise StoreError(f"cannot read derivation '{self.print(drv_path)}': {err.strerror}") from err
+        features = self.layout.experimental_features
+        return Derivation.parse(text, drv_path.derivation_name(), self.store_dir, features, self.print(drv_path))
+
+    def derivation_known_outputs(self, drv_path: StorePath) -> dict[str, StorePath]:
+        drv = self.read_derivation(drv_path)
+        return {name: path for name, (_, path) in drv.outputs_and_opt_paths(self.store_dir).items() if path}
+
+    def check_derivation_outputs(self, drv_path: StorePath) -> None:
+        from .drv_outputs import check_derivation_outputs
+
+        check_derivation_outputs(self.store_dir, drv_path, self.read_derivation(drv_path),
+                                 self.read_derivation, self._drv_hash_cache)
+
+    # -- registration -----------------------------------------------------------------------
+
+    def register_in_transaction(self, db: StoreDB, infos: Sequence[ValidPathInfo]) -> None:
+        """`registerValidPaths`' body on `db`, inside a transaction the caller owns (the store actor's batch)."""
+        vp.register_valid_paths(db, self.store_dir, infos, self.derivation_known_outputs,
+                                self.check_derivation_outputs)
+
+    def register_valid_paths(self, infos: Iterable[ValidPathInfo]) -> None:
+        """`registerValidPaths`: one transaction; all or nothing."""
+        infos = list(infos)
+        if not infos:
+            return
+        if self.layout.sync_before_registering:
+            os.sync()
+
+        def attempt() -> None:
+            with self.transaction("registering valid paths") as db:
+                self.register_in_transaction(db, infos)
+
+        retry_busy(attempt)
+
+    def register_valid_path(self, info: ValidPathInfo) -> None:
+        self.register_valid_paths([info])
+
+    def invalidate_path(self, path: StorePath) -> None:
+        def attempt() -> None:
+            with self.transaction("invalidating a path") as db:
+                vp.invalidate_path(db, self.store_dir, path)
+
+        retry_busy(attempt)
+
+    def update_path_info(self, info: ValidPathInfo) -> None:
+        def attempt() -> None:
+            with self.transaction("updating path info") as db:
+                vp.update_path_info(db, self.store_dir, info)
+
+        retry_busy(attempt)
+
+    def add_temp_root(self, path: StorePath) -> None:
+        """`addTempRoot`: keep `path` from real Nix's garbage collector while this process lives."""
+        self.temp_roots.add(self.print(path))
+
+    # -- adding paths -----------------------------------------------------------------------
+
+    def add_to_store(
+        self,
+        name: str,
+        src_path: str,
+        method: str = "recursive",
+        algo: str = "sha256",
+        references: Iterable[StorePath] = (),
+        repair: bool = False,
+    ) -> StorePath:
+        """`addToStore` from a file or tree: `method` is "recursive" (NAR) or "flat" (one regular file).
+
+        Raises:
+            BadStorePath: an invalid name.
+            StoreError: the source is missing, not a regular file for "flat", or changed while added.
+        """
+        check_name(name)
+        references = frozenset(references)
+        if method not in ("recursive", "flat"):
+            raise StoreError(f"unknown ingestion method '{method}'")
+        if not os.path.lexists(src_path):
+            raise StoreError(f"getting status of '{os.path.abspath(src_path)}': No such file or directory")
+        if method == "flat":
+            if not os.path.isfile(src_path):
+                raise StoreError(f"file '{src_path}' is not a regular file")
+            content_hash = hash_flat(src_path, algo)
+        else:
+            content_hash, _ = hash_path(src_path, algo)
+        ca = ContentAddress(method, content_hash)
+        dst = self.store_dir.make_fixed_output_path(method == "recursive", content_hash, name, references)
+        self.add_temp_root(dst)
+        if not repair and self.is_valid_path(dst):
+            return dst
+
+        def write(temp: str) -> None:
+            if method == "flat":
+                with open(src_path, "rb") as src, open(temp, "xb") as out:
+                    while chunk := src.read(1 << 20):
+                        out.write(chunk)
+            else:
+                _copy_via_nar(src_path, temp)
+
+        def check(temp: str) -> None:
+            actual = hash_flat(temp, algo) if method == "flat" else hash_path(temp, algo)[0]
+            if actual != content_hash:
+                raise StoreError(f"'{src_path}' changed while it was being added to the store")
+
+        return self._add_contents(dst, name, write, check, references, ca, repair)
+
+    def add_text_to_store(
+        self, name: str, text: bytes | str, references: Iterable[StorePath] = (), repair: bool = False
+    ) -> StorePath:
+        """`addTextToStore`: a text path (`.drv`, `builtins.toFile`); ca `text:sha256:…`, no deriver."""
+        check_name(name)
+        if isinstance(text, str):
+            text = text.encode()
+        references = frozenset(references)
+        digest = hash_bytes("sha256", text)
+        dst = self.store_dir.make_text_path(name, digest, references)
+        self.add_temp_root(dst)
+        if not repair and self.is_valid_path(dst):
+            return dst
+
+        def write(temp: str) -> None:
+            with open(temp, "xb") as out:
+                out.write(text)
+
+        return self._add_contents(dst, name, write, None, references, ContentAddress("text", digest), repair)
+
+    def _add_contents(self, dst, name, write, check, references, ca: ContentAddress, repair: bool) -> StorePath:
+        real = self.real_path(dst)
+        with PathLocks([real]) as lock:
+            if repair or not self.is_valid_path(dst):
+                temp = self._temp_path(name)
+                try:
+                    write(temp)
+                    canonicalise_path_metadata(temp)
+                    if check is not None:
+                        check(temp)
+                    nar_hash, nar_size = hash_path(temp, "sha256")
+                    # An invalid leftover (a crash between rename and register) goes first.
+                    delete_path(real)
+                    os.rename(temp, real)
+                except BaseException:
+                    delete_path(temp)
+                    raise
+                if self.layout.auto_optimise_store:
+                    from .optimise import optimise_path
+
+                    optimise_path(self, real)
+                self.register_valid_path(
+                    ValidPathInfo(path=dst, nar_hash=nar_hash, nar_size=nar_size, references=references, ca=ca)
+                )
+            lock.set_deletion(True)
+        return dst
+
+    def _temp_path(self, name: str) -> str:
+        # A name that is not a store path: real Nix's GC treats a leftover as garbage.
+        return os.path.join(self.config.real_store_dir, f".gk-add-{os.getpid()}-{next(_temp_counter)}-{name}")
+
+    def delete_invalid_path(self, path: StorePath) -> bool:
+        """Delete the files of `path` if it is not valid, holding its lock; True if something was deleted.
+
+        Raises:
+            StoreError: the path is valid.
+        """
+        real = self.real_path(path)
+        with PathLocks([real]) as lock:
+            if self.is_valid_path(path):
+                raise StoreError(f"cannot delete path '{self.print(path)}' since it is still valid")
+            existed = os.path.lexists(real)
+            delete_path(real)
+            lock.set_deletion(True)
+        return existed
+
+    # -- realisations (ca-derivations) ------------------------------------------------------
+
+    def register_drv_output(self, realisation) -> None:
+        from .realisations import register_drv_output
+
+        self.layout.require_ca_derivations()
+
+        def attempt() -> None:
+            with self.transaction("registering a realisation") as db:
+                register_drv_output(db, self.store_dir, realisation)
+
+        retry_busy(attempt)
+
+    def query_realisation(self, drv_output):
+        from .realisations import query_realisation
+
+        self.layout.require_ca_derivations()
+        return query_realisation(self.db(), self.store_dir, drv_output)
+
+
+def _copy_via_nar(src: str, dst: str) -> None:
+    """Recreate `src` at `dst` through its NAR, so the copy holds exactly what a NAR can express."""
+    restore_path(dst, _IterReader(dump_path(src)))
+
+
+class _IterReader:
+    """A binary reader over an iterator of chunks (restore_path reads it in small pieces)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        if self._pos >= len(self._buf):
+            self._buf = next(self._chunks, b"")
+            self._pos = 0
+        out = self._buf[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
