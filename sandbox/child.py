@@ -202,13 +202,6 @@ def _apply_sandbox(spec: BuildSpec, sandbox: SandboxSpec, step: _Steps) -> None:
     with step("hostname"):
         _linux.sethostname(sandbox.hostname)
         _linux.setdomainname(sandbox.domainname)
-    with step("mount-private"):
-        # Subtrees may be MS_SHARED (systemd does that); mounting on top of one would
-        # propagate to the host even from a private mount namespace.
-        _linux.mount(None, "/", None, _linux.MS_PRIVATE | _linux.MS_REC)
-    with step("bind-root"):
-        # pivot_root needs the new root to be a mount point of its own.
-        _linux.mount(root, root, None, _linux.MS_BIND)
     with step("populate"):
         for d in sandbox.dirs:
             os.makedirs(d.path, exist_ok=True)
@@ -216,11 +209,19 @@ def _apply_sandbox(spec: BuildSpec, sandbox: SandboxSpec, step: _Steps) -> None:
         for f in sandbox.files:
             fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, f.mode)
             try:
+                os.fchmod(fd, f.mode)  # independent of the spawner's umask
                 os.write(fd, f.contents)
             finally:
                 os.close(fd)
         for s in sandbox.symlinks:
             os.symlink(s.target, s.path)
+    with step("mount-private"):
+        # Subtrees may be MS_SHARED (systemd does that); mounting on top of one would
+        # propagate to the host even from a private mount namespace.
+        _linux.mount(None, "/", None, _linux.MS_PRIVATE | _linux.MS_REC)
+    with step("bind-root"):
+        # pivot_root needs the new root to be a mount point of its own.
+        _linux.mount(root, root, None, _linux.MS_BIND)
     for m in sandbox.mounts:
         _apply_mount(m, step)
     if sandbox.unshare_mount_before_pivot:

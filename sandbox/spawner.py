@@ -63,6 +63,7 @@ class _Child:
     forked_ns: int
     spawn_ns: int
     setup_r: int  # -1 once the setup outcome has been reported
+    mount_ns: int = -1  # the child's first mount namespace, held until it is reaped
     report: bytearray = field(default_factory=bytearray)
 
 
@@ -186,19 +187,27 @@ class SpawnerLoop:
         forked_ns = time.perf_counter_ns()
         for fd in (slave, setup_w, sync_r):
             os.close(fd)
+        mount_ns = -1
         try:
             if spec.sandbox is not None and spec.sandbox.user_namespace:
                 self._write_id_maps(pid, spec)
+            if spec.sandbox is not None and spec.sandbox.unshare_mount_before_pivot:
+                # Nix's sandboxMountNamespace: keeps the un-pivoted namespace for binding
+                # paths in later; as long as it lives, the builder's fds opened before
+                # pivot_root (stdin's /dev/null) still resolve to "/dev/null", not "/null".
+                mount_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
             os.write(sync_w, b"1")
         except OSError as e:
             # The child is waiting on the sync pipe; closing it makes it exit.
             self._report_early(build_id, pid, "id-map", e, master, setup_r)
             os.close(sync_w)
+            if mount_ns != -1:
+                os.close(mount_ns)
             return
         os.close(sync_w)
         spawn_ns = time.perf_counter_ns() - t0
         c = _Child(build_id=build_id, pid=pid, forked_ns=forked_ns, spawn_ns=spawn_ns,
-                   setup_r=setup_r)
+                   setup_r=setup_r, mount_ns=mount_ns)
         self._children[pid] = c
         self._by_build[build_id] = pid
         os.set_blocking(setup_r, False)
@@ -242,7 +251,9 @@ class SpawnerLoop:
         _kill_group(pid, signal.SIGKILL)
 
     def _read_setup(self, pid: int) -> None:
-        c = self._children[pid]
+        c = self._children.get(pid)
+        if c is None or c.setup_r == -1:  # reaped earlier in this batch of events
+            return
         try:
             data = os.read(c.setup_r, 4096)
         except BlockingIOError:
@@ -292,6 +303,8 @@ class SpawnerLoop:
                 c.report += chunk
             self._finish_setup(c)
         del self._by_build[c.build_id]
+        if c.mount_ns != -1:
+            os.close(c.mount_ns)
         self._send(Exited(build_id=c.build_id, result=ChildExited(pid, status)))
 
     def _kill_all(self) -> None:
