@@ -1,0 +1,677 @@
+"""The seed's `DerivationGoal` as a pure state machine (no threads, no processes).
+
+Each method named after a seed state does what that state does in
+`derivation-goal.cc`, in the same order, so the two read side by side. What the
+seed does synchronously and cheaply (validity queries, reading a `.drv`, trying a
+non-blocking output lock) goes through `GoalContext`; everything slow or
+concurrent (other goals, build slots, running the builder, registering outputs)
+is returned as *effects* that the thin actor in `derivation_goal.py` carries out,
+feeding the outcome back as an *event*. Tests drive it with a fake context.
+
+Not here: the build itself (`startBuilder`, in the sandbox package and
+`build_runner.py`) and `registerOutputs` (in the outputs module); both are
+effects whose results come back as `BuildExited` / `OutputsRegistered`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from goalkeeper.store.content_address import ContentAddress
+from goalkeeper.store.derivation import CAFixed, Derivation, DerivationType
+from goalkeeper.store.hashes import Hash
+from goalkeeper.store.paths import StorePath
+
+from .results import BuildResult, ExitCode, FailureKind, Status
+
+
+class BuildMode(enum.IntEnum):
+    """`BuildMode`; the numbers are the worker protocol's."""
+
+    Normal = 0
+    Repair = 1
+    Check = 2
+
+
+class PathStatus(enum.Enum):
+    ABSENT = "absent"
+    CORRUPT = "corrupt"
+    VALID = "valid"
+
+
+@dataclass(frozen=True, slots=True)
+class KnownOutput:
+    path: StorePath
+    status: PathStatus
+
+    def is_valid(self) -> bool:
+        return self.status is PathStatus.VALID
+
+    def is_present(self) -> bool:
+        return self.status is not PathStatus.ABSENT
+
+
+@dataclass(slots=True)
+class InitialOutput:
+    wanted: bool
+    output_hash: Hash
+    known: KnownOutput | None = None
+
+
+class GoalError(Exception):
+    """A condition the seed `throw`s (not a build failure): the goal ends in MiscFailure."""
+
+
+# -- effects (what the actor must do) and events (what it reports back) --------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WantDerivation:
+    """`addWaitee(worker.makeDerivationGoal(drv, outputs, mode))`; empty outputs = all."""
+
+    drv_path: StorePath
+    wanted_outputs: frozenset[str]
+    build_mode: BuildMode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WantSubstitution:
+    """`addWaitee(worker.makeSubstitutionGoal(path, repair, ca))`."""
+
+    path: StorePath
+    repair: bool = False
+    ca: ContentAddress | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitForAWhile:
+    """`worker.waitForAWhile`: wake again after a poll interval (locks, build users)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitForBuildSlot:
+    """`worker.waitForBuildSlot`: wake when a local build slot frees."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WakeUp:
+    """`worker.wakeUp(this)`: run the next state on the next turn."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartBuild:
+    """Run the builder (`startBuilder`): the actor answers BuildStarted or BuildSetupFailed."""
+
+    drv_path: StorePath
+    input_paths: frozenset[StorePath]
+    cur_round: int
+    nr_rounds: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterOutputs:
+    """Run `registerOutputs` (and checkOutputs, post-build-hook): answer OutputsRegistered."""
+
+    drv_path: StorePath
+    cur_round: int
+    nr_rounds: int
+    build_mode: BuildMode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolveAndBuild:
+    """CA resolution: write the resolved derivation and want its goal (`inputsRealised`)."""
+
+    drv_path: StorePath
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterResolvedRealisations:
+    """`resolvedFinished`: copy the resolved drv's realisations to the original's ids."""
+
+    wanted_outputs: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Started:
+    """`started()`: the user-facing "building '…'" message and the running-builds counter."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """`done()` / `amDone()`: the goal's result for its waiters and the worker."""
+
+    exit_code: ExitCode
+    result: BuildResult
+    failure: FailureKind | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrintError:
+    """`printError`: a message for the user that is not the goal's result."""
+
+    message: str
+
+
+Effect = (
+    PrintError | WantDerivation | WantSubstitution | WaitForAWhile | WaitForBuildSlot | WakeUp | StartBuild
+    | RegisterOutputs | ResolveAndBuild | RegisterResolvedRealisations | Started | Finished
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wake:
+    """Run the current state (after waitees finished, a wait elapsed, a slot freed)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaiteeDone:
+    """`waiteeDone`: one goal this goal waits for has finished."""
+
+    exit_code: ExitCode
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildStarted:
+    start_time: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildSetupFailed:
+    """startBuilder threw a BuildError: the seed's InputRejected."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildExited:
+    """EOF on the builder's log and the builder reaped (`buildDone`)."""
+
+    ok: bool
+    message: str  # "builder for '…' failed with exit code 1;\nlast N log lines: …" when not ok
+    stop_time: int
+    disk_full: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildKilled:
+    """The actor killed the builder: a timeout or the log limit (`timedOut`, handleChildOutput)."""
+
+    status: Status  # TimedOut or LogLimitExceeded
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputsRegistered:
+    """registerOutputs finished; `failure` and `message` are set when it threw a BuildError."""
+
+    failure: FailureKind | None = None
+    message: str = ""
+    built_outputs: dict[str, str] = field(default_factory=dict)
+    is_non_deterministic: bool = False
+    more_rounds: bool = False  # curRound < nrRounds: build again
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolvedFinished:
+    exit_code: ExitCode
+
+
+Event = (
+    Wake | WaiteeDone | BuildStarted | BuildSetupFailed | BuildExited | BuildKilled | OutputsRegistered
+    | ResolvedFinished
+)
+
+
+class GoalContext(Protocol):
+    """Cheap synchronous reads (and non-blocking lock attempts) the seed does inline."""
+
+    keep_going: bool
+    use_substitutes: bool
+    try_fallback: bool
+    ca_derivations: bool
+    build_repeat: int
+    printed_drv_path: str
+
+    def is_valid_path(self, path: StorePath) -> bool: ...
+    def read_derivation(self, drv_path: StorePath) -> Derivation: ...
+    def static_output_hashes(self, drv: Derivation) -> dict[str, Hash]: ...
+    def known_output_paths(self, drv: Derivation) -> dict[str, StorePath | None]: ...
+    def query_realisation(self, output_hash: Hash, output_name: str) -> StorePath | None: ...
+    def path_contents_good(self, path: StorePath) -> bool: ...
+    def compute_fs_closure(self, paths: list[StorePath]) -> set[StorePath]: ...
+    def outputs_to_drv(self, drv_path: StorePath) -> dict[StorePath, StorePath]: ...
+    def substitutes_allowed(self, drv: Derivation) -> bool: ...
+    def input_closure(self, drv: Derivation) -> frozenset[StorePath]: ...
+    def try_lock_outputs(self, paths: list[StorePath]) -> bool: ...
+    def unlock_outputs(self, delete: bool) -> None: ...
+    def delete_invalid_output(self, path: StorePath) -> None: ...
+    def add_temp_root(self, path: StorePath) -> None: ...
+
+
+class DerivationGoalState:
+    """One derivation goal; `handle(event)` runs the seed's state and returns effects."""
+
+    def __init__(self, drv_path: StorePath, wanted_outputs: frozenset[str], build_mode: BuildMode,
+                 ctx: GoalContext):
+        self.drv_path = drv_path
+        self.wanted_outputs: set[str] = set(wanted_outputs)
+        self.build_mode = build_mode
+        self.ctx = ctx
+        self.state = self.get_derivation
+        self.drv: Derivation | None = None
+        self.initial_outputs: dict[str, InitialOutput] = {}
+        self.waitees = 0
+        self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
+        self.retry_substitution = False
+        self.need_restart = False
+        self.input_paths: frozenset[StorePath] = frozenset()
+        self.cur_round = 1
+        self.nr_rounds = 1
+        self.times_built = 0
+        self.start_time = self.stop_time = 0
+        self.derivation_type: DerivationType | None = None
+        self.finished: Finished | None = None
+        self._effects: list[Effect] = []
+
+    def key(self) -> str:
+        """`DerivationGoal::key`: build in name order; "b$" sorts after substitutions ("a$")."""
+        return f"b${self.drv_path.name}${self.ctx.printed_drv_path}"
+
+    # -- driving ---------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Effect]:
+        """Apply one event; return the effects it produced (the last may be Finished)."""
+        self._effects = []
+        if self.finished is not None:
+            return []
+        try:
+            match event:
+                case WaiteeDone(exit_code=code):
+                    self._waitee_done(code)
+                case Wake():
+                    self.state()
+                case BuildStarted(start_time=t):
+                    self.start_time = t
+                case BuildSetupFailed(message=msg):
+                    self.ctx.unlock_outputs(delete=False)
+                    self._done(Status.InputRejected, msg)
+                case BuildExited():
+                    self.build_done(event)
+                case BuildKilled(status=status, message=msg):
+                    self.ctx.unlock_outputs(delete=False)
+                    self._done(status, msg)
+                case OutputsRegistered():
+                    self.outputs_registered(event)
+                case ResolvedFinished(exit_code=code):
+                    self.resolved_finished(code)
+                case _:
+                    raise TypeError(f"unexpected event {event!r}")
+        except GoalError as e:
+            self._done(Status.MiscFailure, str(e))
+        return self._effects
+
+    def _emit(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    def _add_waitee(self, effect: WantDerivation | WantSubstitution) -> None:
+        self.waitees += 1
+        self._emit(effect)
+
+    def _waitee_done(self, code: ExitCode) -> None:
+        """`Goal::waiteeDone`: count failures; run the state when all are done (or on failure
+        without keep-going, when the seed drops the remaining waitees)."""
+        self.waitees -= 1
+        if code in (ExitCode.FAILED, ExitCode.NO_SUBSTITUTERS, ExitCode.INCOMPLETE_CLOSURE):
+            self.nr_failed += 1
+        if code is ExitCode.NO_SUBSTITUTERS:
+            self.nr_no_substituters += 1
+        if code is ExitCode.INCOMPLETE_CLOSURE:
+            self.nr_incomplete_closure += 1
+        if self.waitees == 0 or (code is ExitCode.FAILED and not self.ctx.keep_going):
+            self.waitees = 0
+            self.state()
+
+    # -- the seed's states -----------------------------------------------------------------
+
+    def get_derivation(self) -> None:
+        if self.build_mode is BuildMode.Normal and self.ctx.is_valid_path(self.drv_path):
+            self.load_derivation()
+            return
+        self._add_waitee(WantSubstitution(path=self.drv_path))
+        self.state = self.load_derivation
+
+    def load_derivation(self) -> None:
+        if self.nr_failed != 0:
+            self._done(Status.MiscFailure, f"cannot build missing derivation '{self.ctx.printed_drv_path}'")
+            return
+        self.ctx.add_temp_root(self.drv_path)
+        self.drv = self.ctx.read_derivation(self.drv_path)
+        self.have_derivation()
+
+    def have_derivation(self) -> None:
+        drv = self.drv
+        assert drv is not None
+        if drv.type() is DerivationType.CA_FLOATING and not self.ctx.ca_derivations:
+            raise GoalError(
+                "experimental Nix feature 'ca-derivations' is disabled; "
+                "use '--extra-experimental-features ca-derivations' to override"
+            )
+        self.retry_substitution = False
+        for path in self.ctx.known_output_paths(drv).values():
+            if path is not None:
+                self.ctx.add_temp_root(path)
+        for name, output_hash in self.ctx.static_output_hashes(drv).items():
+            self.initial_outputs.setdefault(name, InitialOutput(wanted=True, output_hash=output_hash))
+
+        self.check_path_validity()
+        if self._all_wanted_valid() and self.build_mode is BuildMode.Normal:
+            self._done(Status.AlreadyValid)
+            return
+
+        if self.ctx.use_substitutes and self.ctx.substitutes_allowed(drv):
+            for status in self.initial_outputs.values():
+                if not status.wanted:
+                    continue
+                if status.known is None:
+                    # seed: warn("do not know how to query for unknown floating CA output yet")
+                    self.gave_up_on_substitution()
+                    return
+                self._add_waitee(WantSubstitution(
+                    path=status.known.path,
+                    repair=self.build_mode is BuildMode.Repair,
+                    ca=_derivation_ca(drv),
+                ))
+
+        if self.waitees == 0:
+            self.outputs_substitution_tried()
+        else:
+            self.state = self.outputs_substitution_tried
+
+    def outputs_substitution_tried(self) -> None:
+        if (self.nr_failed > 0 and self.nr_failed > self.nr_no_substituters + self.nr_incomplete_closure
+                and not self.ctx.try_fallback):
+            self._done(
+                Status.TransientFailure,
+                f"some substitutes for the outputs of derivation '{self.ctx.printed_drv_path}' failed "
+                "(usually happens due to networking issues); try '--fallback' to build derivation from source ",
+            )
+            return
+        if self.nr_incomplete_closure > 0 and self.nr_incomplete_closure == self.nr_failed:
+            self.retry_substitution = True
+        self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
+
+        if self.need_restart:
+            self.need_restart = False
+            self.have_derivation()
+            return
+
+        self.check_path_validity()
+        nr_invalid = sum(
+            1 for s in self.initial_outputs.values() if s.wanted and (s.known is None or not s.known.is_valid())
+        )
+        if self.build_mode is BuildMode.Normal and nr_invalid == 0:
+            self._done(Status.Substituted)
+            return
+        if self.build_mode is BuildMode.Repair and nr_invalid == 0:
+            self.repair_closure()
+            return
+        if self.build_mode is BuildMode.Check and nr_invalid > 0:
+            raise GoalError(
+                f"some outputs of '{self.ctx.printed_drv_path}' are not valid, so checking is not possible"
+            )
+        self.gave_up_on_substitution()
+
+    def gave_up_on_substitution(self) -> None:
+        drv = self.drv
+        assert drv is not None
+        self.wanted_outputs.clear()  # from now on checkPathValidity checks all outputs
+        input_mode = BuildMode.Repair if self.build_mode is BuildMode.Repair else BuildMode.Normal
+        for input_drv, outputs in sorted(drv.input_drvs.items()):
+            self._add_waitee(WantDerivation(drv_path=input_drv, wanted_outputs=frozenset(outputs),
+                                            build_mode=input_mode))
+        for src in sorted(drv.input_srcs):
+            if self.ctx.is_valid_path(src):
+                continue
+            if not self.ctx.use_substitutes:
+                raise GoalError(
+                    f"dependency '{self._print(src)}' of '{self.ctx.printed_drv_path}' does not exist, "
+                    "and substitution is disabled"
+                )
+            self._add_waitee(WantSubstitution(path=src))
+        if self.waitees == 0:
+            self.inputs_realised()
+        else:
+            self.state = self.inputs_realised
+
+    def repair_closure(self) -> None:
+        """Our outputs are valid; check the rest of their closure and repair what is corrupt."""
+        drv = self.drv
+        assert drv is not None
+        outputs = self.ctx.known_output_paths(drv)
+        wanted = [p for name, p in outputs.items()
+                  if p is not None and (not self.wanted_outputs or name in self.wanted_outputs)]
+        closure = set(self.ctx.compute_fs_closure(wanted))
+        closure.difference_update(p for p in outputs.values() if p is not None)
+        # which derivation in our input closure produced each path
+        outputs_to_drv = self.ctx.outputs_to_drv(self.drv_path)
+        for path in sorted(closure):
+            if self.ctx.path_contents_good(path):
+                continue
+            self._emit(PrintError(message=f"found corrupted or missing path '{self._print(path)}' "
+                                          f"in the output closure of '{self.ctx.printed_drv_path}'"))
+            producer = outputs_to_drv.get(path)
+            if producer is None:
+                self._add_waitee(WantSubstitution(path=path, repair=True))
+            else:
+                self._add_waitee(WantDerivation(drv_path=producer, wanted_outputs=frozenset(),
+                                                build_mode=BuildMode.Repair))
+        if self.waitees == 0:
+            self._done(Status.AlreadyValid)
+            return
+        self.state = self.closure_repaired
+
+    def closure_repaired(self) -> None:
+        if self.nr_failed > 0:
+            raise GoalError(
+                f"some paths in the output closure of derivation '{self.ctx.printed_drv_path}' could not be repaired"
+            )
+        self._done(Status.AlreadyValid)
+
+    def inputs_realised(self) -> None:
+        drv = self.drv
+        assert drv is not None
+        if self.nr_failed != 0:
+            self._done(
+                Status.DependencyFailed,
+                f"{self.nr_failed} dependencies of derivation '{self.ctx.printed_drv_path}' failed to build",
+            )
+            return
+        if self.retry_substitution:
+            self.have_derivation()
+            return
+        dtype = drv.type()
+        if self.ctx.ca_derivations and (
+            (drv.input_drvs and dtype.is_ca) or dtype is DerivationType.DEFERRED
+        ):
+            self._emit(ResolveAndBuild(drv_path=self.drv_path))
+            self.state = self._await_resolved
+            return
+        self.input_paths = self.ctx.input_closure(drv)
+        self.derivation_type = dtype
+        # Don't repeat fixed-output derivations: their output hash verifies them.
+        self.nr_rounds = 1 if dtype.is_fixed else self.ctx.build_repeat + 1
+        self.state = self.try_to_build
+        self._emit(WakeUp())
+
+    def _await_resolved(self) -> None:
+        raise GoalError("resolved derivation finished without a result")
+
+    def try_to_build(self) -> None:
+        drv = self.drv
+        assert drv is not None
+        lock_paths = sorted(p for p in self.ctx.known_output_paths(drv).values() if p is not None)
+        if not self.ctx.try_lock_outputs(lock_paths):
+            self._emit(WaitForAWhile(reason="waiting for lock on "
+                                     + ", ".join(f"'{self._print(p)}'" for p in lock_paths)))
+            return
+        self.check_path_validity()
+        if self.build_mode is not BuildMode.Check and self._all_wanted_valid():
+            # "skipping build of derivation '…', someone beat us to it"
+            self.ctx.unlock_outputs(delete=True)
+            self._done(Status.AlreadyValid)
+            return
+        for status in self.initial_outputs.values():
+            if status.known is None or status.known.is_valid():
+                continue
+            self.ctx.delete_invalid_output(status.known.path)
+        # No build hook in goalkeeper (yet): every build is local.
+        self.state = self.try_local_build
+        self._emit(WakeUp())
+
+    def try_local_build(self) -> None:
+        """Needs a build slot: the worker wakes us with Wake once it granted one."""
+        self.state = self._start_builder
+        self._emit(WaitForBuildSlot())
+
+    def _start_builder(self) -> None:
+        self.state = self._building
+        self._emit(StartBuild(drv_path=self.drv_path, input_paths=self.input_paths,
+                              cur_round=self.cur_round, nr_rounds=self.nr_rounds))
+        self._emit(Started(message=self._started_message()))
+
+    def _building(self) -> None:
+        """Spurious wake-ups while the builder runs are ignored (the seed waits for EOF)."""
+
+    def _started_message(self) -> str:
+        p = self.ctx.printed_drv_path
+        if self.build_mode is BuildMode.Repair:
+            return f"repairing outputs of '{p}'"
+        if self.build_mode is BuildMode.Check:
+            return f"checking outputs of '{p}'"
+        if self.nr_rounds > 1:
+            return f"building '{p}' (round {self.cur_round}/{self.nr_rounds})"
+        return f"building '{p}'"
+
+    def build_done(self, event: BuildExited) -> None:
+        self.times_built += 1
+        self.stop_time = event.stop_time
+        if not event.ok:
+            self.ctx.unlock_outputs(delete=False)
+            # seed: statusOk(status) false -> TransientFailure if impure (FO) or disk full
+            dtype = self.derivation_type
+            transient = (dtype is not None and not dtype.is_sandboxed) or event.disk_full
+            self._done(Status.TransientFailure if transient else Status.PermanentFailure, event.message,
+                       FailureKind.BUILD_ERROR)
+            return
+        self.state = self._registering
+        self._emit(RegisterOutputs(drv_path=self.drv_path, cur_round=self.cur_round,
+                                   nr_rounds=self.nr_rounds, build_mode=self.build_mode))
+
+    def _registering(self) -> None:
+        """Spurious wake-ups while outputs are registered are ignored."""
+
+    def outputs_registered(self, event: OutputsRegistered) -> None:
+        if event.failure is not None:
+            self.ctx.unlock_outputs(delete=False)
+            # the builder exited 0, so a rejected output is OutputRejected (seed: statusOk)
+            status = (Status.NotDeterministic if event.failure is FailureKind.NOT_DETERMINISTIC
+                      else Status.OutputRejected)
+            self._done(status, event.message, event.failure, event.is_non_deterministic)
+            return
+        if self.build_mode is BuildMode.Check:
+            self._done(Status.Built, built_outputs=event.built_outputs)
+            return
+        if event.more_rounds:
+            self.cur_round += 1
+            self.ctx.unlock_outputs(delete=False)
+            self.state = self.try_to_build
+            self._emit(WakeUp())
+            return
+        self.ctx.unlock_outputs(delete=True)
+        self._done(Status.Built, built_outputs=event.built_outputs,
+                   is_non_deterministic=event.is_non_deterministic)
+
+    def resolved_finished(self, code: ExitCode) -> None:
+        if code is ExitCode.SUCCESS:
+            self._emit(RegisterResolvedRealisations(wanted_outputs=frozenset(self.wanted_outputs)))
+        status = Status.Built if code is ExitCode.SUCCESS else Status.DependencyFailed
+        self._finish(code if code is not ExitCode.BUSY else ExitCode.FAILED,
+                     BuildResult(status=status))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def add_wanted_outputs(self, outputs: frozenset[str]) -> None:
+        """`addWantedOutputs`: another goal wants (more of) this derivation's outputs."""
+        if not self.wanted_outputs:
+            return  # already want all
+        if not outputs:
+            self.wanted_outputs.clear()
+            self.need_restart = True
+            return
+        for o in outputs:
+            if o not in self.wanted_outputs:
+                self.wanted_outputs.add(o)
+                self.need_restart = True
+
+    def check_path_validity(self) -> None:
+        drv = self.drv
+        assert drv is not None
+        check_hash = self.build_mode is BuildMode.Repair
+        for name, path in self.ctx.known_output_paths(drv).items():
+            info = self.initial_outputs[name]
+            info.wanted = not self.wanted_outputs or name in self.wanted_outputs
+            if path is not None:
+                if not self.ctx.is_valid_path(path):
+                    status = PathStatus.ABSENT
+                elif not check_hash or self.ctx.path_contents_good(path):
+                    status = PathStatus.VALID
+                else:
+                    status = PathStatus.CORRUPT
+                info.known = KnownOutput(path, status)
+            if self.ctx.ca_derivations:
+                real = self.ctx.query_realisation(info.output_hash, name)
+                if real is not None:
+                    info.known = KnownOutput(real, PathStatus.VALID)
+
+    def _all_wanted_valid(self) -> bool:
+        return all(s.known is not None and s.known.is_valid() for s in self.initial_outputs.values() if s.wanted)
+
+    def _print(self, path: StorePath) -> str:
+        prefix = self.ctx.printed_drv_path[: -len(self.drv_path.base)]
+        return prefix + path.base
+
+    def _done(self, status: Status, message: str = "", failure: FailureKind | None = None,
+              is_non_deterministic: bool = False, built_outputs: dict[str, str] | None = None) -> None:
+        """`DerivationGoal::done`."""
+        if built_outputs is None and status.success and self.drv is not None:
+            built_outputs = {name: self._print(s.known.path) for name, s in self.initial_outputs.items()
+                             if s.known is not None and s.known.is_valid()}
+        result = BuildResult(
+            status=status, error_msg=message, times_built=self.times_built,
+            is_non_deterministic=is_non_deterministic, start_time=self.start_time,
+            stop_time=self.stop_time, built_outputs=built_outputs or {},
+        )
+        self._finish(ExitCode.SUCCESS if status.success else ExitCode.FAILED, result, failure)
+
+    def _finish(self, code: ExitCode, result: BuildResult, failure: FailureKind | None = None) -> None:
+        self.finished = Finished(exit_code=code, result=result, failure=failure)
+        self.state = self._after_done
+        self._emit(self.finished)
+
+    def _after_done(self) -> None:
+        """A finished goal ignores wake-ups."""
+
+
+def _derivation_ca(drv: Derivation) -> ContentAddress | None:
+    """`getDerivationCA`: the fixed output's content address, for substitution."""
+    out = drv.outputs.get("out")
+    if isinstance(out, CAFixed):
+        return ContentAddress(out.method, out.hash)
+    return None
