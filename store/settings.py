@@ -310,8 +310,9 @@ def _to_int(text: str, low: int, high: int) -> int | None:
 
 def _canon_path(path: str) -> str:
     # canonPath: absolute, no '.', '..' or repeated slashes; symlinks are not resolved.
-    result = os.path.normpath(os.path.join("/", path) if not path.startswith("/") else path)
-    return "/" + result.lstrip("/")
+    if not path.startswith("/"):
+        raise BadSetting(f"not an absolute path: '{path}'")
+    return "/" + os.path.normpath(path).lstrip("/")
 
 
 def _warn_to_stderr(message: str) -> None:

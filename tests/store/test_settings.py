@@ -158,6 +158,7 @@ BAD_CONFIGS = [
     "keep-failed : true\n",
     "include a b\n",
     "include nope.conf\n",
+    "diff-hook = ./hook\n",
 ]
 
 

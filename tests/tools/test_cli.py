@@ -147,9 +147,14 @@ def test_store_error_uses_its_exit_status(gk, probe):
         raise Special("build failed")
 
     probe.behaviour = behaviour
-    assert gk("probe") == type(gk("probe"))(104, b"", b"error: build failed\n")
-    probe.behaviour = lambda args, ctx: (_ for _ in ()).throw(BadHash("invalid hash 'x'"))
-    assert gk("probe").stderr == b"error: invalid hash 'x'\n"
+    result = gk("probe")
+    assert (result.status, result.stdout, result.stderr) == (104, b"", b"error: build failed\n")
+
+    def bad_hash(args, ctx):
+        raise BadHash("invalid hash 'x'")
+
+    probe.behaviour = bad_hash
+    assert (gk("probe").status, gk("probe").stderr) == (1, b"error: invalid hash 'x'\n")
 
 
 def test_os_error_on_a_user_path(gk, probe, tmp_path):
