@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import stat
 import threading
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -28,12 +29,12 @@ from .content_address import ContentAddress
 from .db import StoreDB, retry_busy
 from .derivation import Derivation
 from .derivation_hash import DrvHashCache
-from .errors import InvalidPath, StoreError
+from .errors import BadStorePath, InvalidPath, StoreError
 from .hashes import Hash, hash_bytes
 from .locks import PathLocks, TempRoots
 from .nar import delete_path, dump_path, hash_flat, hash_path, restore_path
 from .path_info import ValidPathInfo
-from .paths import StoreDir, StorePath, check_name
+from .paths import StoreDir, StorePath
 from .store_config import LocalStoreConfig
 from .store_layout import StoreLayout
 
@@ -122,6 +123,30 @@ class LocalStore:
 
     def print(self, path: StorePath) -> str:
         return self.store_dir.print(path)
+
+    def follow_links_to_store(self, path: str) -> str:
+        """`followLinksToStore`: make `path` absolute and follow symlinks until it is inside the store.
+
+        Raises:
+            StoreError: a link in the chain does not exist.
+            BadStorePath: it never leads into the store.
+        """
+        path = _abs_path(path)
+        while not self.store_dir.is_in_store(path):
+            try:
+                st = os.lstat(path)
+            except OSError as err:
+                raise StoreError(f"getting status of '{path}': {err.strerror}") from err
+            if not stat.S_ISLNK(st.st_mode):
+                break
+            path = _abs_path(os.readlink(path), os.path.dirname(path))
+        if not self.store_dir.is_in_store(path):
+            raise BadStorePath(f"path '{path}' is not in the Nix store")
+        return path
+
+    def follow_links_to_store_path(self, path: str) -> StorePath:
+        """`followLinksToStorePath`: the store path a (possibly linked, possibly sub-) path lies in."""
+        return self.store_dir.to_store_path(self.follow_links_to_store(path))[0]
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -305,7 +330,6 @@ class LocalStore:
             BadStorePath: an invalid name.
             StoreError: the source is missing, not a regular file for "flat", or changed while added.
         """
-        check_name(name)
         references = frozenset(references)
         if method not in ("recursive", "flat"):
             raise StoreError(f"unknown ingestion method '{method}'")
@@ -313,7 +337,7 @@ class LocalStore:
             raise StoreError(f"getting status of '{os.path.abspath(src_path)}': No such file or directory")
         if method == "flat":
             if not os.path.isfile(src_path):
-                raise StoreError(f"file '{src_path}' is not a regular file")
+                raise StoreError(f"'{os.path.abspath(src_path)}' is not a regular file; flat ingestion needs one")
             content_hash = hash_flat(src_path, algo)
         else:
             content_hash, _ = hash_path(src_path, algo)
@@ -342,7 +366,6 @@ class LocalStore:
         self, name: str, text: bytes | str, references: Iterable[StorePath] = (), repair: bool = False
     ) -> StorePath:
         """`addTextToStore`: a text path (`.drv`, `builtins.toFile`); ca `text:sha256:…`, no deriver."""
-        check_name(name)
         if isinstance(text, str):
             text = text.encode()
         references = frozenset(references)
@@ -422,6 +445,14 @@ class LocalStore:
 
         self.layout.require_ca_derivations()
         return query_realisation(self.db(), self.store_dir, drv_output)
+
+
+def _abs_path(path: str, base: str | None = None) -> str:
+    """`absPath` + `canonPath`: absolute, without `.`/`..`/`//`, symlinks untouched."""
+    if not path.startswith("/"):
+        path = os.path.join(base if base is not None else os.getcwd(), path)
+    path = os.path.normpath(path)
+    return path[1:] if path.startswith("//") else path
 
 
 def _copy_via_nar(src: str, dst: str) -> None:
