@@ -196,7 +196,8 @@ class SpawnerLoop:
                 # paths in later; as long as it lives, the builder's fds opened before
                 # pivot_root (stdin's /dev/null) still resolve to "/dev/null", not "/null".
                 mount_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            os.write(sync_w, b"1")
+            if spec.sandbox is not None and spec.sandbox.user_namespace:
+                os.write(sync_w, b"1")  # the child waits for this (wait-for-id-map)
         except OSError as e:
             # The child is waiting on the sync pipe; closing it makes it exit.
             self._report_early(build_id, pid, "id-map", e, master, setup_r)
