@@ -1,0 +1,63 @@
+"""`goalkeeper show-derivation DRV...`: the JSON of `nix show-derivation` (Nix 2.8), byte for byte.
+
+Like 2.8, the derivations are printed once each, sorted by path whatever the
+argument order, and `--recursive` adds every derivation in the closure. A path
+inside a store path (`/nix/store/…-x.drv/foo`) means that store path.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from goalkeeper.store.derivation import Derivation
+from goalkeeper.store.derivation_json import show_derivations
+from goalkeeper.store.errors import BadStorePath, InvalidPath, StoreError
+from goalkeeper.store.paths import StoreDir, StorePath
+
+NAME = "show-derivation"
+HELP = "show the contents of store derivations as JSON (like 'nix show-derivation')"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="DRV", help="store derivations (.drv paths)")
+    parser.add_argument("-r", "--recursive", action="store_true",
+                        help="include the dependencies of the specified derivations")
+
+
+def run(args, ctx) -> int:
+    store_dir: StoreDir = ctx.store_dir
+    drv_paths = {_drv_path(store_dir, arg) for arg in args.paths}
+    if args.recursive:
+        # Nix takes the closure over the store's references (inputSrcs ∪ inputDrvs of each drv).
+        drv_paths = {p for p in ctx.open_store().compute_fs_closure(drv_paths) if p.is_derivation()}
+    features = ctx.settings.experimental_features
+    drvs = [(p, read_derivation(ctx.store_config, p, features)) for p in drv_paths]
+    ctx.stdout.write(show_derivations(store_dir, drvs))
+    return 0
+
+
+def _drv_path(store_dir: StoreDir, arg: str) -> StorePath:
+    """The store path an argument names; it must be a derivation (we know no derivers)."""
+    try:
+        path, _ = store_dir.to_store_path(arg)
+    except BadStorePath:
+        raise BadStorePath(f"path '{arg}' is not in the Nix store") from None
+    if not path.is_derivation():
+        raise StoreError(f"'{arg}' does not have a known deriver")
+    return path
+
+
+def read_derivation(store_config, path: StorePath, features=None) -> Derivation:
+    """Read and parse a `.drv` through the store's real directory.
+
+    Raises:
+        InvalidPath: no such file in the store.
+        BadDerivation: the file is malformed (names the path and the byte offset).
+    """
+    printed = store_config.store_dir.print(path)
+    try:
+        with open(store_config.to_real_path(printed), "rb") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise InvalidPath(f"path '{printed}' is not a valid store path") from None
+    return Derivation.parse(text, path.derivation_name(), store_config.store_dir, features, source=printed)
