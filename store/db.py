@@ -84,7 +84,8 @@ class StoreDB:
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, as Nix's SQLiteTxn does.
             self.conn: sqlite3.Connection | None = sqlite3.connect(
-                uri, uri=True, timeout=busy_timeout, isolation_level=None
+                # Used by one thread at a time; closing may happen from the owner's closer.
+                uri, uri=True, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self.conn.execute("pragma foreign_keys = 1")
             self.conn.execute(f"pragma synchronous = {'normal' if fsync_metadata else 'off'}")

@@ -398,14 +398,23 @@ class LocalStore:
                 except BaseException:
                     delete_path(temp)
                     raise
-                if self.layout.auto_optimise_store:
-                    from .optimise import optimise_path
+                try:
+                    if self.layout.auto_optimise_store:
+                        from .optimise import optimise_path
 
-                    optimise_path(self, real)
-                self.register_valid_path(
-                    ValidPathInfo(path=dst, nar_hash=nar_hash, nar_size=nar_size, references=references, ca=ca)
-                )
-            lock.set_deletion(True)
+                        optimise_path(self, real)
+                    self.register_valid_path(
+                        ValidPathInfo(path=dst, nar_hash=nar_hash, nar_size=nar_size, references=references, ca=ca)
+                    )
+                except BaseException:
+                    # Refused (e.g. a reference is not valid): leave the store as it was.
+                    delete_path(real)
+                    raise
+                finally:
+                    # Waiters see the deletion token and retry on a fresh lock file.
+                    lock.set_deletion(True)
+            else:
+                lock.set_deletion(True)
         return dst
 
     def _temp_path(self, name: str) -> str:
