@@ -39,6 +39,7 @@ from .store_config import LocalStoreConfig
 from .store_layout import StoreLayout
 
 _temp_counter = itertools.count()
+_DRV_HASH_CACHE_MAX = 100_000  # memoised drv hashes kept before starting afresh
 
 
 class LocalStore:
@@ -110,6 +111,17 @@ class LocalStore:
             with self._dbs_lock:
                 self._dbs.append(db)
         return db
+
+    def release_thread_db(self) -> None:
+        """Close this thread's connection (before the thread ends, e.g. an actor's on_stop)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._dbs_lock:
+            if db in self._dbs:
+                self._dbs.remove(db)
+        db.close()
 
     def transaction(self, what: str = "updating the database"):
         """A write transaction on this thread's connection."""
@@ -268,6 +280,8 @@ class LocalStore:
     def check_derivation_outputs(self, drv_path: StorePath) -> None:
         from .drv_outputs import check_derivation_outputs
 
+        if len(self._drv_hash_cache) > _DRV_HASH_CACHE_MAX:
+            self._drv_hash_cache.clear()  # a long-lived store must not grow without bound
         check_derivation_outputs(self.store_dir, drv_path, self.read_derivation(drv_path),
                                  self.read_derivation, self._drv_hash_cache)
 
