@@ -201,3 +201,31 @@ def test_threads_each_get_a_connection(store):
         t.join(30)
     assert not errors
     assert store.query_all_valid_paths() == set(paths)
+
+
+def test_realisations_need_ca_derivations_and_follow_nix_rows(tmp_path):
+    from goalkeeper.store.realisations import DrvOutput, Realisation, RealisationError
+
+    uri = str(tmp_path / "ca")
+    plain = LocalStore.open(parse_store_uri(uri), Settings.load(overrides=[("build-users-group", "")]))
+    with pytest.raises(StoreError, match="experimental Nix feature 'ca-derivations' is disabled"):
+        plain.query_realisation(DrvOutput(sha256(b"d"), "out"))
+    plain.close()
+    settings = Settings.load(overrides=[("build-users-group", ""), ("extra-experimental-features", "ca-derivations")])
+    with LocalStore.open(parse_store_uri(uri), settings) as store:
+        a, b = sp(store, "a"), sp(store, "b")
+        store.register_valid_paths([ValidPathInfo(path=a, nar_hash=NAR), ValidPathInfo(path=b, nar_hash=NAR)])
+        ida, idb = DrvOutput(sha256(b"drv a"), "out"), DrvOutput(sha256(b"drv b"), "out")
+        store.register_drv_output(Realisation(ida, a))
+        store.register_drv_output(Realisation(idb, b, frozenset({"k:s"}), {ida: a}))
+        got = store.query_realisation(idb)
+        assert got.out_path == b and got.signatures == {"k:s"} and got.dependent_realisations == {ida: a}
+        assert rows(store, "select drvPath, outputName, signatures from Realisations order by id") == [
+            ("sha256:" + ida.drv_hash.base16(), "out", ""), ("sha256:" + idb.drv_hash.base16(), "out", "k:s")]
+        with pytest.raises(RealisationError, match="already have another one locally"):
+            store.register_drv_output(Realisation(ida, b))
+        with pytest.raises(RealisationError, match="non existent"):
+            store.register_drv_output(Realisation(DrvOutput(sha256(b"c"), "out"), a,
+                                                  dependent_realisations={DrvOutput(sha256(b"zz"), "out"): a}))
+        assert store.query_realisation(DrvOutput(sha256(b"c"), "out")) is None
+        assert str(ida) == f"sha256:{ida.drv_hash.base16()}!out" and DrvOutput.parse(str(ida)) == ida
