@@ -135,6 +135,15 @@ def test_real_nix_store_read_by_goalkeeper(nix_built_store, run_nix, gk):
             expected = run_nix("nix-store", *args, "-q", flag, path, check=False)
             got = gk(*args, "query", flag, path)
             assert (got.status, got.stdout) == (expected.returncode, expected.stdout), (flag, path)
+    drvs = [p for p in paths if p.endswith(".drv")]
+    for flags in (["--requisites", "--include-outputs"], ["--requisites", "-u"], ["--hash", "-u"],
+                  ["--references", "-u"]):
+        expected = run_nix("nix-store", *args, "-q", *flags, *drvs)
+        got = gk(*args, "query", *flags, *drvs)
+        assert (got.status, got.stdout) == (0, expected.stdout), flags
+    expected = run_nix("nix-store", *args, "--verify", "--check-contents")
+    got = gk(*args, "verify", "--check-contents")
+    assert (got.status, got.stderr) == (0, expected.stderr)
     with LocalStore.open(parse_store_uri(str(root)), Settings.load(overrides=[("build-users-group", "")])) as store:
         for text in paths:
             info = store.query_path_info(store.store_dir.parse(text))
@@ -145,6 +154,8 @@ def test_real_nix_store_read_by_goalkeeper(nix_built_store, run_nix, gk):
         assert sorted(outputs) == ["dev", "out"]
         for out in outputs.values():
             assert store.query_valid_derivers(out) == {b_drv}
+            got = gk(*args, "query", "--valid-derivers", store.print(out))
+            assert (got.status, got.stdout) == (0, store.print(b_drv).encode() + b"\n")
             assert store.query_path_from_hash_part(out.hash_part) == out
         assert store.query_path_from_hash_part("0" * 32) is None
 
