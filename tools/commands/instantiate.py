@@ -49,6 +49,12 @@ def run(args, ctx) -> int:
             require_feature(features, IMPURE_DERIVATIONS)
 
     store = ctx.open_store()
+    # Check inputs from outside the file first, in a stable order, so the error names the first missing one.
+    given = {entry.key for entry in entries}
+    for entry in entries:
+        for key in sorted(entry.input_drv_keys):
+            if key not in given and store_dir.is_store_path(key) and not store.is_valid_path(store_dir.parse(key)):
+                raise InvalidPath(f"input derivation '{key}' is not valid in the store")
 
     def read_input(path: StorePath) -> Derivation:
         if not store.is_valid_path(path):
