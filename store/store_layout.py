@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grp
 import os
+import sys
 
 from . import schema
 from .db import StoreDB, retry_busy
@@ -83,9 +84,10 @@ class StoreLayout:
         try:
             gid = grp.getgrnam(self.build_users_group).gr_gid
         except KeyError:
-            raise StoreError(
-                f"the group '{self.build_users_group}' specified in 'build-users-group' does not exist"
-            ) from None
+            # Only a warning when opening the store; building with build users fails later.
+            print(f"warning: the group '{self.build_users_group}' specified in 'build-users-group' does not exist",
+                  file=sys.stderr)
+            return
         st = os.stat(self.config.real_store_dir)
         if st.st_uid != 0 or st.st_gid != gid or st.st_mode & 0o7777 != 0o1775:
             os.chown(self.config.real_store_dir, 0, gid)
