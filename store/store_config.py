@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .errors import StoreError
 from .paths import DEFAULT_STORE_DIR, StoreDir
@@ -89,56 +90,67 @@ class DaemonStoreConfig:
 StoreConfig = LocalStoreConfig | DaemonStoreConfig
 
 
-def parse_store_uri(uri: str | None, env: Environment | None = None) -> StoreConfig:
-    """Turn a `--store` URI (None means the `store` setting's default) into a config."""
+def parse_store_uri(
+    uri: str | None, env: Environment | None = None, warn: Callable[[str], None] | None = None
+) -> StoreConfig:
+    """Turn a `--store` URI (None means the `store` setting's default) into a config.
+
+    Follows 2.8's `openStore`: the query is split off first; `auto` honours a
+    `state` parameter; any non-URI containing a `/` is a chroot store rooted at
+    its absolute path; unknown parameters only warn (`warn`), like Nix.
+    """
     env = env or Environment.from_environ()
     if uri is None or uri == "":
         uri = env.remote or "auto"
-    if uri == "auto":
-        if _writable(env.state_dir) or not os.path.exists(env.default_daemon_socket):
-            return _local(env, {}, "auto")
-        return DaemonStoreConfig(env.default_daemon_socket, StoreDir(env.store_dir), uri)
-    if uri.startswith("/"):
-        return _local(env, {"root": uri}, uri)
-    scheme, _, query = uri.partition("?")
-    params = _parse_query(uri, query)
-    if scheme == "local":
-        unknown = set(params) - _LOCAL_PARAMS
-        if unknown:
-            raise BadStoreURI(f"store URI '{uri}' has unknown parameter(s): {', '.join(sorted(unknown))}")
-        return _local(env, params, uri)
-    if scheme == "daemon":
+    base, _, query = uri.partition("?")
+    params = _parse_query(query)
+    if base == "auto":
+        state = params.get("state", env.state_dir)
+        if _writable(state) or not os.path.exists(env.default_daemon_socket):
+            return _local(env, params, uri, warn)
         return DaemonStoreConfig(env.default_daemon_socket, StoreDir(params.get("store", env.store_dir)), uri)
-    if scheme.startswith("unix://"):
-        path = scheme[len("unix://") :]
+    if base == "local":
+        return _local(env, params, uri, warn)
+    if base == "daemon":
+        return DaemonStoreConfig(env.default_daemon_socket, StoreDir(params.get("store", env.store_dir)), uri)
+    if base.startswith("unix://"):
+        path = base[len("unix://") :]
         if not path.startswith("/"):
             raise BadStoreURI(f"store URI '{uri}' must name an absolute socket path")
         return DaemonStoreConfig(path, StoreDir(params.get("store", env.store_dir)), uri)
+    if "://" not in base and "/" in base:
+        # `isNonUriPath`: a chroot store rooted at the path's absolute form.
+        return _local(env, {**params, "root": os.path.abspath(base)}, uri, warn)
     raise BadStoreURI(f"don't know how to open Nix store '{uri}'")
 
 
-def _parse_query(uri: str, query: str) -> dict[str, str]:
+def _parse_query(query: str) -> dict[str, str]:
+    """`splitUriAndParams`: `k=v` pairs joined by `&`; items without `=` are ignored, as in Nix."""
     params: dict[str, str] = {}
-    if not query:
-        return params
-    for item in query.split("&"):
+    for item in query.split("&") if query else ():
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadStoreURI(f"store URI '{uri}' has a malformed parameter '{item}'")
-        params[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
+        if sep:
+            params[urllib.parse.unquote(key)] = urllib.parse.unquote(value)
     return params
 
 
-def _local(env: Environment, params: dict[str, str], uri: str) -> LocalStoreConfig:
-    for key in ("store", "state", "log", "root", "real"):
-        if key in params and not params[key].startswith("/"):
-            raise BadStoreURI(f"store URI '{uri}': parameter '{key}' must be an absolute path")
-    root = params.get("root", "")
-    root = os.path.normpath(root) if root else ""
+def _local(env: Environment, params: dict[str, str], uri: str,
+           warn: Callable[[str], None] | None) -> LocalStoreConfig:
+    for key in sorted(params):
+        if key not in _LOCAL_PARAMS:
+            if warn is not None:
+                warn(f"unknown setting '{key}'")
+            continue
+        if not params[key].startswith("/"):
+            raise BadStoreURI(
+                f"not an absolute path: '{params[key]}' (parameter '{key}' of store '{uri}')"
+            )
+    root = os.path.normpath(params["root"]) if params.get("root") else ""
     store_dir = StoreDir(params.get("store", env.store_dir))
+    # local-fs-store.hh: under a root, files live in ROOT/nix/store whatever the logical dir.
     state = params.get("state") or (root + DEFAULT_STATE_DIR if root else env.state_dir)
     log = params.get("log") or (root + DEFAULT_LOG_DIR if root else env.log_dir)
-    real = params.get("real") or (root + store_dir.path if root else store_dir.path)
+    real = params.get("real") or (root + DEFAULT_STORE_DIR if root else store_dir.path)
     return LocalStoreConfig(
         store_dir=store_dir,
         real_store_dir=os.path.normpath(real),

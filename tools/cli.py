@@ -169,7 +169,7 @@ def _make_context(args: argparse.Namespace, stdout: IO[bytes], stderr: IO[bytes]
 
     settings = Settings.load(overrides=overrides, warn=warn)
     uri = getattr(args, "store_post", None) or getattr(args, "store_pre", None) or settings.get("store")
-    return Context(settings, parse_store_uri(uri), stdout, stderr)
+    return Context(settings, parse_store_uri(uri, warn=warn), stdout, stderr)
 
 
 def _describe_os_error(e: OSError) -> str:

@@ -68,8 +68,6 @@ def test_environment_variables():
     assert Environment.from_environ({}).store_dir == "/nix/store"
 
 
-@pytest.mark.xfail(strict=True, reason="Nix 2.8 puts a root store's files in ROOT/nix/store whatever the "
-                   "logical store dir (local-fs-store.hh realStoreDir); store_config uses ROOT + store dir")
 def test_root_store_files_live_in_root_nix_store(tmp_path):
     # Observed: nix-store --store 'local?root=R&store=/foo/store' --add f -> /foo/store/...-f in R/nix/store.
     config = parse_store_uri("local?root=/r&store=/foo/store", DEFAULT_ENV)
@@ -151,15 +149,28 @@ def test_our_local_store_uri_matches_where_nix_puts_files(run_nix, local_store, 
         assert os.path.isfile(os.path.join(config.db_dir, "db.sqlite"))
 
 
-@pytest.mark.xfail(strict=True, reason="Nix 2.8 splits off the query before deciding a URI is a path "
-                   "(splitUriAndParams, then openFromNonUri); store_config takes the whole URI as the root")
 def test_bare_path_with_parameters():
     config = parse_store_uri("/tmp/r?state=/tmp/s", DEFAULT_ENV)
     assert (config.root_dir, config.state_dir) == ("/tmp/r", "/tmp/s")
 
 
-@pytest.mark.xfail(strict=True, reason="Nix 2.8 treats any non-URI containing '/' as a chroot store "
-                   "rooted at absPath(uri) (isNonUriPath); store_config rejects relative ones")
 def test_relative_path_is_a_chroot_store(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert parse_store_uri("./st", DEFAULT_ENV).root_dir == f"{tmp_path}/st"
+
+
+def test_unknown_parameters_warn_like_nix_and_bare_items_are_ignored():
+    warnings = []
+    config = parse_store_uri("local?store=/s/store&foo=bar&novalue", DEFAULT_ENV, warn=warnings.append)
+    assert config.store_dir.path == "/s/store"
+    assert warnings == ["unknown setting 'foo'"]
+
+
+def test_relative_parameter_names_the_value():
+    with pytest.raises(BadStoreURI, match="not an absolute path: 'rel'"):
+        parse_store_uri("local?state=rel", DEFAULT_ENV)
+
+
+def test_auto_honours_a_state_parameter(tmp_path):
+    config = parse_store_uri(f"auto?state={tmp_path}", Environment(state_dir="/nonexistent/state"))
+    assert isinstance(config, LocalStoreConfig) and config.state_dir == str(tmp_path)
