@@ -49,6 +49,45 @@ WRITER = textwrap.dedent(
     """
 )
 
+# The same through the store actor: text paths via AddTextToStore, and outputs written in place
+# (as a build leaves them) and then registered in batches via RegisterValidPaths.
+WRITER_ACTOR = textwrap.dedent(
+    """
+    import os, sys, threading
+    from goalkeeper.actors.store_actor import StoreActor
+    from goalkeeper.actors.store_messages import AddTextToStore, RegisterValidPaths
+    from goalkeeper.store.canonicalise import canonicalise_path_metadata
+    from goalkeeper.store.hashes import sha256
+    from goalkeeper.store.local import LocalStore
+    from goalkeeper.store.nar import hash_path
+    from goalkeeper.store.path_info import ValidPathInfo
+    from goalkeeper.store.settings import Settings
+    from goalkeeper.store.store_config import parse_store_uri
+    uri, tag, rounds, scratch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = LocalStore.open(parse_store_uri(uri), Settings.load(overrides=[("build-users-group", "")]))
+    ref = StoreActor.start(store)
+    def work(t):
+        for i in range(rounds):
+            shared = ref.ask(AddTextToStore(name=f"shared-{i}", text=f"same text {i}".encode()), timeout=60)
+            infos = []
+            for k in range(4):
+                out = store.store_dir.make_store_path("output:out", sha256(f"{tag}{t}{i}{k}".encode()), f"out-{k}")
+                real = store.real_path(out)
+                with open(real, "w") as f:
+                    f.write(f"{tag} {t} {i} {k}" * 100)
+                canonicalise_path_metadata(real)
+                h, n = hash_path(real)
+                infos.append(ValidPathInfo(path=out, nar_hash=h, nar_size=n, references={shared}, ultimate=True))
+            ref.ask(RegisterValidPaths(infos=tuple(infos)), timeout=60)
+            print("added", i, flush=True)
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for th in threads: th.start()
+    for th in threads: th.join()
+    ref.stop(timeout=60)
+    store.close()
+    """
+)
+
 
 def settings() -> Settings:
     return Settings.load(overrides=[("build-users-group", "")])
@@ -68,9 +107,9 @@ def check_store(uri: str) -> set:
         return paths
 
 
-def spawn_writer(uri: str, tag: str, rounds: int, scratch: Path) -> subprocess.Popen:
+def spawn_writer(uri: str, tag: str, rounds: int, scratch: Path, script: str = WRITER) -> subprocess.Popen:
     scratch.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-c", WRITER, uri, tag, str(rounds), str(scratch)],
+    return subprocess.Popen([sys.executable, "-c", script, uri, tag, str(rounds), str(scratch)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -121,12 +160,13 @@ def test_real_nix_and_goalkeeper_write_at_once(tmp_path, run_nix):
 
 
 @pytest.mark.timeout(280)
-def test_kill_9_mid_registration_leaves_a_consistent_store(tmp_path, run_nix):
+@pytest.mark.parametrize("script", [WRITER, WRITER_ACTOR], ids=["local-store", "store-actor"])
+def test_kill_9_mid_registration_leaves_a_consistent_store(tmp_path, run_nix, script):
     uri = str(tmp_path / "st")
     LocalStore.open(parse_store_uri(uri), settings()).close()
     rng = random.Random(1234)
     for attempt in range(8):
-        writer = spawn_writer(uri, f"k{attempt}", 40, tmp_path / f"scratch{attempt}")
+        writer = spawn_writer(uri, f"k{attempt}", 40, tmp_path / f"scratch{attempt}", script)
         # Wait for some progress, then kill at a random moment.
         assert writer.stdout.readline().startswith(b"added")
         time.sleep(rng.uniform(0.0, 0.3))
@@ -136,7 +176,7 @@ def test_kill_9_mid_registration_leaves_a_consistent_store(tmp_path, run_nix):
         writer.stderr.close()
         check_store(uri)
     # After all that, goalkeeper and Nix both see a sound store and can keep adding to it.
-    writer = spawn_writer(uri, "final", 2, tmp_path / "scratch-final")
+    writer = spawn_writer(uri, "final", 2, tmp_path / "scratch-final", script)
     _, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err.decode()
     check_store(uri)

@@ -168,3 +168,41 @@ def test_query_errors_match_nix(nix_built_store, run_nix, gk):
         got = gk(*args, "query", "--references", target)
         assert got.status == expected.returncode == 1
         assert got.stderr.strip().splitlines()[-1] == expected.stderr.strip().splitlines()[-1], target
+
+
+HOLDER = """
+import sys
+from goalkeeper.store.local import LocalStore
+from goalkeeper.store.settings import Settings
+from goalkeeper.store.store_config import parse_store_uri
+store = LocalStore.open(parse_store_uri(sys.argv[1]), Settings.load(overrides=[("build-users-group", "")]))
+print(store.print(store.add_text_to_store("unrooted", b"only a temp root keeps me")), flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_real_nix_gc_honours_our_temp_roots(tmp_path, run_nix):
+    import subprocess
+    import sys
+
+    root = tmp_path / "gc"
+    args = ["--store", str(root), "--option", "build-users-group", "", *NO_SUBST]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        path = holder.stdout.readline().strip()
+        real = str(root) + path
+        run_nix("nix-store", *args, "--gc")
+        assert os.path.exists(real)  # our live temp root protected it
+        assert run_nix("nix-store", *args, "--check-validity", path).returncode == 0
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(30) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (root / "nix/var/nix/temproots" / str(holder.pid)).exists()
+    run_nix("nix-store", *args, "--gc")
+    assert not os.path.exists(real)

@@ -149,3 +149,14 @@ def test_load_db_bad_input_changes_nothing(tmp_path, gk, chroot_store):
         assert got.status == 1 and got.stderr.startswith(b"error: "), (name, got.stderr)
         assert b"Traceback" not in got.stderr
     assert gk(*args, "dump-db").stdout == b""
+
+
+def test_auto_optimise_store_links_while_adding(tmp_path, gk, run_nix, chroot_store):
+    (tmp_path / "a").write_text("same\n")
+    (tmp_path / "b").write_text("same\n")
+    args = [*chroot_store.args, "--option", "auto-optimise-store", "true"]
+    a, b = gk(*args, "add", tmp_path / "a", tmp_path / "b").stdout.decode().split()
+    st_a = os.stat(chroot_store.real_store_dir + a[len("/nix/store"):])
+    st_b = os.stat(chroot_store.real_store_dir + b[len("/nix/store"):])
+    assert st_a.st_ino == st_b.st_ino and st_a.st_nlink == 3
+    assert run_nix("nix-store", *chroot_store.args, *NO_SUBST, "--verify", "--check-contents").returncode == 0
