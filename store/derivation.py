@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Union
 
 from .aterm import ATermReader, encode_text, escaped, escaped_list, unescaped, unescaped_list
-from .errors import BadDerivation, BadHash, BadStorePath, StoreError
+from .errors import BadDerivation, BadHash, BadStorePath, StoreError  # noqa: F401 (BadDerivation re-exported)
 from .hashes import Hash, check_algo, sha256
 from .paths import DRV_EXTENSION, StoreDir, StorePath, output_path_name
+from .settings import MissingExperimentalFeature  # the one Settings.require_experimental_feature raises
 
 CA_DERIVATIONS = "ca-derivations"
 IMPURE_DERIVATIONS = "impure-derivations"
@@ -28,17 +29,6 @@ METHODS = ("flat", "recursive")
 
 class DerivationError(StoreError):
     """A derivation that parses but that Nix refuses to use (e.g. mixed output kinds)."""
-
-
-class MissingExperimentalFeature(StoreError):
-    """Nix's `MissingExperimentalFeature`, with its message."""
-
-    def __init__(self, feature: str):
-        self.feature = feature
-        super().__init__(
-            f"experimental Nix feature '{feature}' is disabled; "
-            f"use '--extra-experimental-features {feature}' to override"
-        )
 
 
 def require_feature(features: Collection[str] | None, feature: str) -> None:

@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from goalkeeper.store.derivation import Derivation
+from goalkeeper.store.derivation import Deferred, Derivation
 from goalkeeper.store.derivation_json import json_string, read_show_derivation, recompute, show_derivations
 from goalkeeper.store.errors import BadJSON
 from goalkeeper.store.paths import StoreDir, StorePath
@@ -127,3 +129,17 @@ def test_cycle_in_document():
     doc[a]["inputDrvs"] = {b: ["out"]}
     with pytest.raises(BadJSON, match="cycle"):
         recompute(read_show_derivation(json.dumps({a: doc[a], b: doc[b]}).encode(), SD), SD, read_golden)
+
+
+_text = st.binary(max_size=30).filter(lambda b: b"\x00" not in b).map(lambda b: b.decode("utf-8", "surrogateescape"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_text, max_size=4), st.dictionaries(_text, _text, max_size=5), _text)
+def test_json_round_trip_of_arbitrary_strings(args, env, builder):
+    path = StorePath(f"{'0' * 32}-n.drv")
+    env = {**env, "name": "n"}
+    drv = Derivation(name="n", outputs={"out": Deferred()}, platform="p", builder=builder, args=tuple(args), env=env)
+    text = show_derivations(SD, [(path, drv)])
+    (entry,) = read_show_derivation(text, SD, recompute=False)
+    assert (entry.key, entry.drv) == (SD.print(path), drv)

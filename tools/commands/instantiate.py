@@ -19,10 +19,11 @@ from goalkeeper.store.derivation import (
     Derivation,
     Impure,
     require_feature,
+    write_derivation,
 )
 from goalkeeper.store.derivation_json import read_show_derivation, recompute
 from goalkeeper.store.errors import InvalidPath
-from goalkeeper.store.paths import DRV_EXTENSION, StorePath
+from goalkeeper.store.paths import StorePath
 
 from .show_derivation import read_derivation
 
@@ -69,7 +70,7 @@ def run(args, ctx) -> int:
                 raise InvalidPath(
                     f"input path '{store_dir.print(src)}' of derivation '{entry.key}' is not valid in the store"
                 )
-        added = store.add_text_to_store(drv.name + DRV_EXTENSION, drv.unparse(store_dir), drv.references())
+        added = write_derivation(store, drv)
         if added != path:
             raise AssertionError(f"store wrote {added}, computed {path}")
         written[entry.key] = path
