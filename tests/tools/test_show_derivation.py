@@ -88,3 +88,11 @@ def test_bad_arguments(gk, chroot_store, instantiated):
     assert (got.status, got.stderr) == (1, f"error: '{logical}' does not have a known deriver\n".encode())
     got = gk(*chroot_store.args, "show-derivation", "/tmp/x.drv")
     assert got.status == 1 and b"is not in the Nix store" in got.stderr
+
+
+def test_other_store_dir(gk, run_nix, local_store):
+    """A logical store dir other than /nix/store enters every path; the file is read from the real dir."""
+    (path,) = run_nix("nix-instantiate", *local_store.args, DATA / "drvs.nix", "-A", "diamond").stdout.decode().split()
+    assert path.startswith(local_store.store_dir + "/")
+    got = gk(*local_store.args, "show-derivation", "-r", path)
+    assert (got.status, got.stdout) == (0, nix_show(run_nix, local_store, "-r", path).stdout), got.stderr
