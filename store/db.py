@@ -134,9 +134,12 @@ class StoreDB:
             self.conn.execute("begin immediate")
         try:
             yield self
-        except BaseException:
+        except BaseException as exc:
             if self.conn is not None and self.conn.in_transaction:
                 self.conn.execute("rollback")
+            if isinstance(exc, sqlite3.Error):
+                with self.errors(what):
+                    raise
             raise
         with self.errors(what):
             try:
@@ -166,6 +169,26 @@ class StoreDB:
         except sqlite3.Error as err:
             cls = SQLiteBusy if _is_busy(err) else SQLiteError
             raise cls(f"{what} in database '{self.path}': {err}", path=self.path, what=what) from err
+
+
+def map_sqlite_errors(what: str):
+    """Decorator for methods of objects with a `.db()`: sqlite3 errors become `SQLiteError`s."""
+
+    def wrap(fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(self, *args, **kwargs):
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.Error as err:
+                path = getattr(getattr(self, "layout", None), "db_path", "db.sqlite")
+                cls = SQLiteBusy if _is_busy(err) else SQLiteError
+                raise cls(f"{what} in database '{path}': {err}", path=path, what=what) from err
+
+        return wrapper
+
+    return wrap
 
 
 def retry_busy(fn: Callable[[], T], *, on_wait: Callable[[str], None] | None = None) -> T:

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 from . import valid_paths as vp
 from .canonicalise import canonicalise_path_metadata
 from .content_address import ContentAddress
-from .db import StoreDB, retry_busy
+from .db import StoreDB, map_sqlite_errors, retry_busy
 from .derivation import Derivation
 from .derivation_hash import DrvHashCache
 from .errors import BadStorePath, InvalidPath, StoreError
@@ -162,9 +162,11 @@ class LocalStore:
 
     # -- queries ----------------------------------------------------------------------------
 
+    @map_sqlite_errors("querying")
     def is_valid_path(self, path: StorePath) -> bool:
         return vp.is_valid_path(self.db(), self.store_dir, path)
 
+    @map_sqlite_errors("querying")
     def query_path_info(self, path: StorePath) -> ValidPathInfo | None:
         return vp.query_path_info(self.db(), self.store_dir, path)
 
@@ -175,12 +177,15 @@ class LocalStore:
             raise InvalidPath(f"path '{self.print(path)}' is not valid")
         return info
 
+    @map_sqlite_errors("querying")
     def query_referrers(self, path: StorePath) -> set[StorePath]:
         return vp.query_referrers(self.db(), self.store_dir, path)
 
+    @map_sqlite_errors("querying")
     def query_valid_derivers(self, path: StorePath) -> set[StorePath]:
         return vp.query_valid_derivers(self.db(), self.store_dir, path)
 
+    @map_sqlite_errors("querying")
     def query_partial_derivation_output_map(self, drv_path: StorePath) -> dict[str, StorePath | None]:
         """Every output of a valid drv, with its path where the store knows one."""
         known: dict[str, StorePath | None] = dict(vp.query_derivation_outputs(self.db(), self.store_dir, drv_path))
@@ -202,12 +207,15 @@ class LocalStore:
             result[name] = path
         return result
 
+    @map_sqlite_errors("querying")
     def query_path_from_hash_part(self, hash_part: str) -> StorePath | None:
         return vp.query_path_from_hash_part(self.db(), self.store_dir, hash_part)
 
+    @map_sqlite_errors("querying")
     def query_all_valid_paths(self) -> set[StorePath]:
         return vp.query_all_valid_paths(self.db(), self.store_dir)
 
+    @map_sqlite_errors("querying")
     def compute_fs_closure(
         self,
         paths: Iterable[StorePath] | StorePath,
