@@ -286,13 +286,9 @@ class Derivation(BasicDerivation):
     input_drvs: dict[StorePath, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        BasicDerivation.__post_init__(self)
-        for outs in self.input_drvs.values():
-            if not isinstance(outs, frozenset):
-                object.__setattr__(
-                    self, "input_drvs", {p: frozenset(o) for p, o in self.input_drvs.items()}
-                )
-                break
+        BasicDerivation.__post_init__(self)  # explicit: zero-arg super() breaks in slotted dataclasses
+        if not all(isinstance(o, frozenset) for o in self.input_drvs.values()):
+            object.__setattr__(self, "input_drvs", {p: frozenset(o) for p, o in self.input_drvs.items()})
 
     def _input_drvs(self) -> Mapping[StorePath, frozenset[str]]:
         return self.input_drvs
