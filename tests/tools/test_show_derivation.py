@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_malformed_drv(gk, chroot_store, instantiated):
     assert got.stderr.startswith(f"error: malformed derivation '{path}' at byte ".encode()), got.stderr
 
 
-def test_bad_arguments(gk, chroot_store, instantiated):
+def test_arguments(gk, run_nix, chroot_store, instantiated):
     missing = "/nix/store/00000000000000000000000000000000-x.drv"
     got = gk(*chroot_store.args, "show-derivation", missing)
     assert (got.status, got.stderr) == (1, f"error: path '{missing}' is not a valid store path\n".encode())
@@ -86,6 +87,10 @@ def test_bad_arguments(gk, chroot_store, instantiated):
     logical = f"/nix/store/{src.name}"
     got = gk(*chroot_store.args, "show-derivation", logical)
     assert (got.status, got.stderr) == (1, f"error: '{logical}' does not have a known deriver\n".encode())
+    output = json.loads(nix_show(run_nix, chroot_store, instantiated["multi"]).stdout)
+    dev = next(iter(output.values()))["outputs"]["dev"]["path"]
+    got = gk(*chroot_store.args, "show-derivation", dev)
+    assert (got.status, got.stdout) == (0, nix_show(run_nix, chroot_store, dev).stdout), got.stderr
     got = gk(*chroot_store.args, "show-derivation", "/tmp/x.drv")
     assert got.status == 1 and b"is not in the Nix store" in got.stderr
 

@@ -2,7 +2,8 @@
 
 Like 2.8, the derivations are printed once each, sorted by path whatever the
 argument order, and `--recursive` adds every derivation in the closure. A path
-inside a store path (`/nix/store/…-x.drv/foo`) means that store path.
+inside a store path (`/nix/store/…-x.drv/foo`) means that store path; an output
+path means its deriver.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args, ctx) -> int:
     store_dir: StoreDir = ctx.store_dir
-    drv_paths = {_drv_path(store_dir, arg) for arg in args.paths}
+    drv_paths = {_drv_path(ctx, arg) for arg in args.paths}
     if args.recursive:
         # Nix takes the closure over the store's references (inputSrcs ∪ inputDrvs of each drv).
         drv_paths = {p for p in ctx.open_store().compute_fs_closure(drv_paths) if p.is_derivation()}
@@ -36,15 +37,18 @@ def run(args, ctx) -> int:
     return 0
 
 
-def _drv_path(store_dir: StoreDir, arg: str) -> StorePath:
-    """The store path an argument names; it must be a derivation (we know no derivers)."""
+def _drv_path(ctx, arg: str) -> StorePath:
+    """The derivation an argument names: itself if a `.drv`, else its deriver (`getDeriver`)."""
     try:
-        path, _ = store_dir.to_store_path(arg)
+        path, _ = ctx.store_dir.to_store_path(arg)
     except BadStorePath:
         raise BadStorePath(f"path '{arg}' is not in the Nix store") from None
-    if not path.is_derivation():
+    if path.is_derivation():
+        return path
+    derivers = ctx.open_store().query_valid_derivers(path)
+    if not derivers:
         raise StoreError(f"'{arg}' does not have a known deriver")
-    return path
+    return min(derivers)  # *derivers.begin() of a std::set
 
 
 def read_derivation(store_config, path: StorePath, features=None) -> Derivation:
