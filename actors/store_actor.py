@@ -10,6 +10,11 @@ So a burst of goals finishing together costs one fsync, and a quiet store
 commits each registration at once: "accumulate while busy, commit when the
 inbox has nothing more for the batch".
 
+While the actor runs it is the store's registrar: `store.add_to_store` and
+`add_text_to_store` called in any other thread write the files and hold the
+path lock in that thread, and send only the registration here, so the actor
+never waits on a path lock or copies a tree, and still is the only writer.
+
 Messages other than registrations are never reordered: a batch stops at the
 first one, so a query asked after a registration sees it committed.
 Readers that need no ordering may use their own connections (`LocalStore`
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 from typing import Any
 
 import pykka
@@ -46,6 +52,7 @@ from .store_messages import (
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # registrations per transaction; bounds the time one commit holds the write lock
+REGISTER_TIMEOUT_S = 60 * 60  # as long as SQLite's own busy timeout: a registration may queue behind others
 
 
 class StoreActor(pykka.ThreadingActor):
@@ -69,11 +76,17 @@ class StoreActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         # Runs in the actor's thread: the store hands out this thread's own connection.
         self._db = self.store.db()
+        # From now on `store.add_to_store` etc. in any other thread register through us.
+        self.store.set_registrar(self._register_from_other_thread, threading.get_ident())
 
     def on_stop(self) -> None:
+        self.store.set_registrar(None)
         # Close this thread's connection now: a restarted actor runs in a new thread.
         self._db = None
         self.store.release_thread_db()
+
+    def _register_from_other_thread(self, infos: list) -> None:
+        self.actor_ref.ask(RegisterValidPaths(infos=tuple(infos)), timeout=REGISTER_TIMEOUT_S)
 
     def on_receive(self, message: Any) -> Any:
         db = self._db
@@ -95,6 +108,8 @@ class StoreActor(pykka.ThreadingActor):
             case AddTextToStore(name=name, text=text, references=references):
                 return store.add_text_to_store(name, text, references)
             case AddToStore(name=name, src_path=src, method=method, algo=algo, references=references):
+                # Copies and hashes in this thread; for big trees prefer `store.add_to_store` in
+                # the caller's thread, which registers through this actor all the same.
                 return store.add_to_store(name, src, method, algo, references)
             case IsValidPath(path=path):
                 return vp.is_valid_path(db, store_dir, path)

@@ -21,7 +21,7 @@ import itertools
 import os
 import stat
 import threading
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from . import valid_paths as vp
 from .canonicalise import canonicalise_path_metadata
@@ -62,6 +62,8 @@ class LocalStore:
         self._dbs_lock = threading.Lock()
         self._drv_hash_cache: DrvHashCache = {}
         self._closed = False
+        # (owner thread ident, fn): while a store actor runs, other threads' registrations go to it.
+        self._registrar: tuple[int, Callable[[list[ValidPathInfo]], None]] | None = None
 
     @classmethod
     def open(cls, config: LocalStoreConfig, settings=None) -> "LocalStore":
@@ -300,10 +302,22 @@ class LocalStore:
         vp.register_valid_paths(db, self.store_dir, infos, self.derivation_known_outputs,
                                 self.check_derivation_outputs)
 
+    def set_registrar(self, fn: Callable[[list[ValidPathInfo]], None] | None, owner_thread: int = 0) -> None:
+        """Route `register_valid_paths` of every thread but `owner_thread` through `fn` (the store actor).
+
+        `add_to_store` and friends then write files and hold path locks in the
+        caller's thread, and only the registration itself goes to the actor.
+        """
+        self._registrar = None if fn is None else (owner_thread, fn)
+
     def register_valid_paths(self, infos: Iterable[ValidPathInfo]) -> None:
         """`registerValidPaths`: one transaction; all or nothing."""
         infos = list(infos)
         if not infos:
+            return
+        registrar = self._registrar
+        if registrar is not None and registrar[0] != threading.get_ident():
+            registrar[1](infos)
             return
         if self.layout.sync_before_registering:
             os.sync()

@@ -148,3 +148,21 @@ def test_many_client_threads(store, actor):
 
 def teardown_module():
     pykka.ActorRegistry.stop_all()
+
+
+@pytest.mark.timeout(60)
+def test_other_threads_adds_register_through_the_actor(store, tmp_path):
+    ref = StoreActor.start(store)
+    try:
+        proxy = ref.proxy()
+        (tmp_path / "f").write_text("hello\n")
+        path = store.add_to_store("hello.txt", str(tmp_path / "f"))  # files and lock here, registration there
+        text = store.add_text_to_store("t", b"text", [path])
+        assert proxy.registrations.get(timeout=TIMEOUT) == 2
+        assert ref.ask(QueryPathInfo(path=text), timeout=TIMEOUT).references == {path}
+        with pytest.raises(InvalidPath):
+            store.add_text_to_store("u", b"x", [sp(store, "missing")])
+    finally:
+        ref.stop(timeout=TIMEOUT)
+    store.add_text_to_store("after", b"direct again")  # no actor: the store registers itself
+    assert store.is_valid_path(store.store_dir.make_text_path("after", sha256(b"direct again")))
