@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .aterm import decode_text, encode_text
@@ -148,12 +148,15 @@ class JSONDerivation:
         where: its key path, for error messages.
         drv: the derivation with `input_drvs` empty (see `input_drv_keys`).
         input_drv_keys: inputDrvs as written: key string -> output names.
+        given_output_paths: the outputs' `path` fields as written (possibly stale), so that
+            dependents mentioning them can be pointed at the recomputed paths.
     """
 
     key: str
     where: str
     drv: Derivation
     input_drv_keys: dict[str, frozenset[str]]
+    given_output_paths: dict[str, str] = field(default_factory=dict)
 
 
 class _Reader:
@@ -246,7 +249,12 @@ class _Reader:
             name=name, outputs=outputs, input_srcs=input_srcs, platform=system, builder=builder,
             args=tuple(args), env=env,
         )
-        return JSONDerivation(key, where, drv, input_drv_keys)
+        given = {}
+        for out_name, v in self.obj(outputs_v, outputs_w):
+            path = dict(self.obj(v, _child(outputs_w, out_name))).get("path")
+            if isinstance(path, str) and path.startswith("/"):
+                given[out_name] = path
+        return JSONDerivation(key, where, drv, input_drv_keys, given)
 
     def name(self, key: str, env: dict[str, str], where: str) -> str:
         """The derivation name: env `name` (or `__json`'s), else the key's."""
@@ -321,6 +329,9 @@ def recompute(
     by_key = {e.key: e for e in entries}
     computed: dict[StorePath, Derivation] = {}
     path_of: dict[str, StorePath] = {}
+    # Stale paths of earlier entries (their given key and output paths) -> recomputed ones:
+    # a dependent's builder, args and env mention them as the evaluator wrote them.
+    rewrites: dict[str, str] = {}
 
     def read(path: StorePath) -> Derivation:
         drv = computed.get(path)
@@ -344,10 +355,12 @@ def recompute(
                 if not path.is_derivation():
                     raise fail(where, f"'{key}' is not a derivation")
             input_drvs[path] = input_drvs.get(path, frozenset()) | wanted
+        rewrite = _rewriter(rewrites)
         drv = Derivation(
             name=entry.drv.name, outputs=entry.drv.outputs, input_srcs=entry.drv.input_srcs,
-            platform=entry.drv.platform, builder=entry.drv.builder, args=entry.drv.args,
-            env=entry.drv.env, input_drvs=input_drvs,
+            platform=entry.drv.platform, builder=rewrite(entry.drv.builder),
+            args=tuple(rewrite(a) for a in entry.drv.args),
+            env={k: rewrite(v) for k, v in entry.drv.env.items()}, input_drvs=input_drvs,
         )
         try:
             filled = fill_in_outputs(store_dir, drv, read, cache)
@@ -356,8 +369,28 @@ def recompute(
         path = filled.drv_path(store_dir)
         computed[path] = filled
         path_of[entry.key] = path
+        _note_rewrites(rewrites, entry, store_dir, path, filled)
         results.append((entry, path, filled))
     return results
+
+
+def _note_rewrites(rewrites: dict[str, str], entry: JSONDerivation, store_dir: StoreDir,
+                   path: StorePath, drv: Derivation) -> None:
+    new_paths = {name: p for name, (_, p) in drv.outputs_and_opt_paths(store_dir).items() if p is not None}
+    if entry.key.startswith("/") and entry.key != store_dir.print(path):
+        rewrites[entry.key] = store_dir.print(path)
+    for name, old in entry.given_output_paths.items():
+        new = new_paths.get(name)
+        if new is not None and old != store_dir.print(new):
+            rewrites[old] = store_dir.print(new)
+
+
+def _rewriter(rewrites: dict[str, str]) -> Callable[[str], str]:
+    """Replace every stale path at once (one regex), longest first so no path eats another."""
+    if not rewrites:
+        return lambda s: s
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(rewrites, key=len, reverse=True)))
+    return lambda s: pattern.sub(lambda m: rewrites[m.group(0)], s)
 
 
 def _topological(entries: list[JSONDerivation], by_key: dict[str, JSONDerivation], fail) -> list[JSONDerivation]:

@@ -132,3 +132,31 @@ def test_store_dir_is_a_parameter(gk, run_nix, tmp_path, local_store, nix_side):
     assert StoreDir(local_store.store_dir).parse(path).name == "simple.drv"
     nix = run_nix("nix-instantiate", *local_store.args, DATA / "drvs.nix", "-A", "simple").stdout.decode().split()
     assert nix == [path]
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_instantiate_into_another_store_dir_rewrites_input_references(gk, run_nix, tmp_path):
+    """JSON written for /nix/store, instantiated into a store whose logical dir differs: the
+    dependents' env must mention the recomputed input outputs, exactly as nix-instantiate
+    evaluating the same expression into that store writes them."""
+    logical = tmp_path / "x" / "store"
+
+    def uri(side: str) -> str:
+        for d in ("real", "var/nix", "var/log/nix"):
+            (tmp_path / side / d).mkdir(parents=True)
+        s = tmp_path / side
+        return f"local?store={logical}&real={s}/real&state={s}/var/nix&log={s}/var/log/nix"
+
+    nix_uri, gk_uri = uri("nix"), uri("gk")
+    expected = run_nix("nix-instantiate", "--store", nix_uri, "--option", "build-users-group", "",
+                       EXAMPLES / "graph.nix").stdout.decode().split()
+    result = gk("--store", gk_uri, "instantiate", str(EXAMPLES / "graph.json"))
+    assert result.status == 0, result.stderr
+    got = result.stdout.decode().split()
+    nix_drvs = sorted(p.name for p in (tmp_path / "nix" / "real").glob("*.drv"))
+    assert len(nix_drvs) == 5 and set(expected) <= set(got)
+    assert sorted(Path(p).name for p in got) == nix_drvs
+    for name in nix_drvs:
+        assert (tmp_path / "gk" / "real" / name).read_bytes() == (tmp_path / "nix" / "real" / name).read_bytes()
