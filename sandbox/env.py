@@ -11,7 +11,7 @@ Checked against a real Nix 2.8 sandboxed build (tests/data/sandbox/nix-2.8-recor
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from goalkeeper.store import nixbase32

@@ -23,7 +23,6 @@ group.  Builds hold a lifeline pipe to the spawner and PR_SET_PDEATHSIG(SIGKILL)
 from __future__ import annotations
 
 import array
-import errno
 import os
 import selectors
 import signal

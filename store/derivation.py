@@ -45,6 +45,14 @@ def _method_prefix(method: str) -> str:
 # -- output kinds ----------------------------------------------------------------------------
 
 
+def parse_method_algo(text: str) -> tuple[str, str]:
+    """Split a drv output's hashAlgo field, `[r:]<algo>`, into (method, algo); BadHash if unknown."""
+    method = "flat"
+    if text.startswith("r:"):
+        method, text = "recursive", text[2:]
+    return method, check_algo(text)
+
+
 @dataclass(frozen=True, slots=True)
 class InputAddressed:
     """An output whose path is fixed by the derivation's (masked) hash."""
@@ -420,11 +428,8 @@ class _Parser:
         digest = r.string()
         r.expect(b")")
         if algo:
-            method = "flat"
-            if algo.startswith("r:"):
-                method, algo = "recursive", algo[2:]
             try:
-                check_algo(algo)
+                method, algo = parse_method_algo(algo)
             except BadHash as e:
                 raise r.fail(str(e), algo_pos) from e
             if digest == "impure":

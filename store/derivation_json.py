@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from .aterm import decode_text, encode_text
 from .derivation import (
+    parse_method_algo,
     CAFixed,
     CAFloating,
     Deferred,
@@ -33,7 +34,7 @@ from .derivation import (
 )
 from .derivation_hash import DrvHashCache, fill_in_outputs
 from .errors import BadHash, BadJSON, BadStorePath
-from .hashes import Hash, check_algo
+from .hashes import Hash
 from .paths import StoreDir, StorePath
 
 # -- writing ---------------------------------------------------------------------------------
@@ -203,11 +204,8 @@ class _Reader:
         algo = pairs.get("hashAlgo")
         if algo is not None:
             algo = self.string(algo, _child(where, "hashAlgo"))
-            method = "flat"
-            if algo.startswith("r:"):
-                method, algo = "recursive", algo[2:]
             try:
-                check_algo(algo)
+                method, algo = parse_method_algo(algo)
             except BadHash as e:
                 raise self.fail(_child(where, "hashAlgo"), str(e)) from e
             if pairs.get("impure") is True:

@@ -16,7 +16,6 @@ the next adder deletes before reuse.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import stat
@@ -30,7 +29,7 @@ from .db import StoreDB, map_sqlite_errors, retry_busy
 from .derivation import Derivation
 from .derivation_hash import DrvHashCache
 from .errors import BadStorePath, InvalidPath, StoreError
-from .hashes import Hash, hash_bytes
+from .hashes import hash_bytes
 from .locks import PathLocks, TempRoots
 from .nar import delete_path, dump_path, hash_flat, hash_path, restore_path
 from .path_info import ValidPathInfo

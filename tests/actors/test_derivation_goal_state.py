@@ -11,7 +11,7 @@ from goalkeeper.actors.derivation_goal_state import (
 )
 from goalkeeper.actors.results import ExitCode, FailureKind, Status
 from goalkeeper.store.derivation import CAFixed, CAFloating, Derivation, InputAddressed
-from goalkeeper.store.hashes import Hash, hash_bytes
+from goalkeeper.store.hashes import hash_bytes
 from goalkeeper.store.paths import StoreDir, StorePath
 
 SD = StoreDir()
