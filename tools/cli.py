@@ -80,19 +80,43 @@ def _add_global_options(parser: argparse.ArgumentParser, where: str) -> None:
                        help="enable additional experimental features")
 
 
-def discover_commands() -> list[ModuleType]:
-    """Every command module in goalkeeper.tools.commands, sorted by NAME."""
+def discover_commands(argv: Sequence[str] | None = None) -> list[ModuleType]:
+    """The command modules in goalkeeper.tools.commands, sorted by NAME.
+
+    With `argv`, only the module of the command it names is imported when there is
+    one (module `show_derivation` for `show-derivation`): importing every command
+    would load SQLite and the derivation code just to hash a path, and start-up
+    time is most of a short command's cost.
+    """
     from . import commands
 
+    names = [info.name for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+    wanted = _command_word(argv, names) if argv is not None else None
     found = []
-    for info in pkgutil.iter_modules(commands.__path__):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for name in [wanted] if wanted else names:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         # Helper modules shared by commands have no NAME; they are not commands.
         if all(hasattr(module, attr) for attr in ("NAME", "HELP", "add_arguments", "run")):
             found.append(module)
     return sorted(found, key=lambda m: m.NAME)
+
+
+# global options and how many values follow them (for finding the command word)
+_OPTIONS_WITH_VALUES = {"--store": 1, "--option": 2, "--extra-experimental-features": 1}
+
+
+def _command_word(argv: Sequence[str], module_names: list[str]) -> str | None:
+    """The module name of the first non-option word of `argv`, if it names a command module."""
+    skip = 0
+    for token in argv:
+        if skip:
+            skip -= 1
+        elif token in _OPTIONS_WITH_VALUES:
+            skip = _OPTIONS_WITH_VALUES[token]
+        elif not token.startswith("-"):
+            name = token.replace("-", "_")
+            return name if name in module_names else None
+    return None
 
 
 def version_string() -> str:
@@ -105,14 +129,15 @@ def version_string() -> str:
     return f"{PROG} (Nix-compatible {NIX_VERSION}) {ours}"
 
 
-def build_parser(stdout: IO[bytes], stderr: IO[bytes]) -> argparse.ArgumentParser:
-    """The full parser: the global frame plus one subparser per discovered command."""
+def build_parser(stdout: IO[bytes], stderr: IO[bytes],
+                 argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The global frame plus a subparser per command (only `argv`'s command, if it names one)."""
     streams = (stdout, stderr)
     parser = _Parser(prog=PROG, description="A Nix-compatible build engine.", streams=streams)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     _add_global_options(parser, "pre")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in discover_commands():
+    for module in discover_commands(argv):
         cmd = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP, streams=streams)
         module.add_arguments(cmd)
         _add_global_options(cmd, "post")
@@ -128,8 +153,9 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[bytes] | None = None,
     ctx: Context | None = None
     try:
         try:
-            parser = build_parser(stdout, stderr)
-            args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+            argv = list(sys.argv[1:] if argv is None else argv)
+            parser = build_parser(stdout, stderr, argv)
+            args = parser.parse_args(argv)
             if args.version:
                 stdout.write(f"{version_string()}\n".encode())
                 return 0
