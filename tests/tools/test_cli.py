@@ -39,7 +39,7 @@ def probe(monkeypatch):
     """Install one fake command `probe` whose behaviour the test chooses via probe.behaviour."""
     state = types.SimpleNamespace(behaviour=lambda args, ctx: 0)
     module = _command(lambda args, ctx: state.behaviour(args, ctx))
-    monkeypatch.setattr(cli, "discover_commands", lambda: [module])
+    monkeypatch.setattr(cli, "discover_commands", lambda argv=None: [module])
     state.module = module
     return state
 
@@ -217,3 +217,14 @@ def test_python_dash_m_and_broken_pipe():
 
 def test_os_error_without_a_file_name():
     assert cli._describe_os_error(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+
+
+def test_only_the_named_command_is_imported():
+    names = ["dump", "hash_path", "show_derivation"]
+    assert cli._command_word(["--store", "dump", "hash-path", "x"], names) == "hash_path"
+    assert cli._command_word(["--option", "a", "dump", "show-derivation"], names) == "show_derivation"
+    assert cli._command_word(["--extra-experimental-features", "dump", "dump"], names) == "dump"
+    assert cli._command_word(["--help"], names) is None
+    assert cli._command_word(["no-such-command"], names) is None
+    assert [m.NAME for m in cli.discover_commands(["hash-path", "x"])] == ["hash-path"]
+    assert len(cli.discover_commands(["--help"])) > 5
