@@ -282,24 +282,35 @@ class LocalStore:
         features = self.layout.experimental_features
         return Derivation.parse(text, drv_path.derivation_name(), self.store_dir, features, self.print(drv_path))
 
-    def derivation_known_outputs(self, drv_path: StorePath) -> dict[str, StorePath]:
-        drv = self.read_derivation(drv_path)
+    def derivation_known_outputs(self, drv_path: StorePath,
+                                 read: Callable[[StorePath], Derivation] | None = None) -> dict[str, StorePath]:
+        drv = (read or self.read_derivation)(drv_path)
         return {name: path for name, (_, path) in drv.outputs_and_opt_paths(self.store_dir).items() if path}
 
-    def check_derivation_outputs(self, drv_path: StorePath) -> None:
+    def check_derivation_outputs(self, drv_path: StorePath,
+                                 read: Callable[[StorePath], Derivation] | None = None) -> None:
         from .drv_outputs import check_derivation_outputs
 
+        read = read or self.read_derivation
         if len(self._drv_hash_cache) > _DRV_HASH_CACHE_MAX:
             self._drv_hash_cache.clear()  # a long-lived store must not grow without bound
-        check_derivation_outputs(self.store_dir, drv_path, self.read_derivation(drv_path),
-                                 self.read_derivation, self._drv_hash_cache)
+        check_derivation_outputs(self.store_dir, drv_path, read(drv_path), read, self._drv_hash_cache)
 
     # -- registration -----------------------------------------------------------------------
 
     def register_in_transaction(self, db: StoreDB, infos: Sequence[ValidPathInfo]) -> None:
         """`registerValidPaths`' body on `db`, inside a transaction the caller owns (the store actor's batch)."""
-        vp.register_valid_paths(db, self.store_dir, infos, self.derivation_known_outputs,
-                                self.check_derivation_outputs)
+        parsed: dict[StorePath, Derivation] = {}  # each .drv is read once per registration
+
+        def read(drv_path: StorePath) -> Derivation:
+            drv = parsed.get(drv_path)
+            if drv is None:
+                drv = parsed[drv_path] = self.read_derivation(drv_path)
+            return drv
+
+        vp.register_valid_paths(db, self.store_dir, infos,
+                                lambda p: self.derivation_known_outputs(p, read),
+                                lambda p: self.check_derivation_outputs(p, read))
 
     def set_registrar(self, fn: Callable[[list[ValidPathInfo]], None] | None, owner_thread: int = 0) -> None:
         """Route `register_valid_paths` of every thread but `owner_thread` through `fn` (the store actor).
@@ -390,10 +401,18 @@ class LocalStore:
             else:
                 _copy_via_nar(src_path, temp)
 
-        def check(temp: str) -> None:
-            actual = hash_flat(temp, algo) if method == "flat" else hash_path(temp, algo)[0]
+        def check(temp: str) -> tuple | None:
+            """Verify the copy; return its (narHash, narSize) when that is what was computed."""
+            nar = None
+            if method == "flat":
+                actual = hash_flat(temp, algo)
+            else:
+                actual, size = hash_path(temp, algo)
+                if algo == "sha256":
+                    nar = (actual, size)  # the content hash is the NAR hash: don't hash twice
             if actual != content_hash:
                 raise StoreError(f"'{src_path}' changed while it was being added to the store")
+            return nar
 
         return self._add_contents(dst, name, write, check, references, ca, repair)
 
@@ -424,9 +443,8 @@ class LocalStore:
                 try:
                     write(temp)
                     canonicalise_path_metadata(temp)
-                    if check is not None:
-                        check(temp)
-                    nar_hash, nar_size = hash_path(temp, "sha256")
+                    nar = check(temp) if check is not None else None
+                    nar_hash, nar_size = nar if nar is not None else hash_path(temp, "sha256")
                     # An invalid leftover (a crash between rename and register) goes first.
                     delete_path(real)
                     os.rename(temp, real)
