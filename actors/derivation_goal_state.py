@@ -511,7 +511,7 @@ class DerivationGoalState:
         self._emit(WakeUp())
 
     def _await_resolved(self) -> None:
-        raise GoalError("resolved derivation finished without a result")
+        """Spurious wake-ups while the resolved goal runs are ignored (it reports ResolvedFinished)."""
 
     def try_to_build(self) -> None:
         drv = self.drv

@@ -6,7 +6,7 @@ import pytest
 
 from goalkeeper.actors.derivation_goal_state import (
     BuildExited, BuildKilled, BuildMode, BuildSetupFailed, BuildStarted, DerivationGoalState, Finished,
-    OutputsRegistered, PrintError, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
+    OutputsRegistered, PrintError, ResolvedFinished, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
     WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantSubstitution,
 )
 from goalkeeper.actors.results import ExitCode, FailureKind, Status
@@ -221,6 +221,9 @@ def test_ca_resolution_requested():
     g = goal(ctx)
     g.handle(Wake())
     assert g.handle(WaiteeDone(exit_code=ExitCode.SUCCESS)) == [ResolveAndBuild(drv_path=DRV)]
+    assert g.handle(Wake()) == [] and g.finished is None  # a stray wake-up while resolving
+    done = finished(g.handle(ResolvedFinished(exit_code=ExitCode.SUCCESS)))
+    assert done.result.status is Status.Built and kinds(g.handle(Wake())) == []
 
 
 def test_ca_floating_needs_feature():
