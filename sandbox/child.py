@@ -46,12 +46,19 @@ from .spec import (BindMount, BuildSpec, DevptsMount, ProcMount, SandboxSpec, Sh
 
 @dataclass(frozen=True, slots=True)
 class ChildFds:
-    """The runtime fds a child inherits from the spawner (all O_CLOEXEC)."""
+    """The runtime fds a child inherits from the spawner (all O_CLOEXEC).
+
+    The child also inherits the spawner's write ends of the sync and lifeline pipes, and
+    O_CLOEXEC only drops them at exec: it closes them first thing, or its own copies
+    would keep it from ever seeing EOF on the read ends.
+    """
 
     pty_slave: int
     setup_w: int  # setup channel, child -> spawner
     sync_r: int  # id-map sync, spawner -> child ("1" when uid_map/gid_map are written)
-    lifeline_r: int  # the spawner holds the only write end: EOF means it died
+    sync_w: int  # the spawner's end of the sync pipe: closed by the child at once
+    lifeline_r: int  # EOF means the spawner died (once our copy of the write end is shut)
+    lifeline_w: int  # the spawner's end of the lifeline: closed by the child at once
 
 
 class _StepFailed(Exception):
@@ -113,7 +120,8 @@ def _report(fd: int, step: str, err: int, message: str) -> None:
 
 def _check_lifeline(fds: ChildFds) -> None:
     # PR_SET_PDEATHSIG only covers deaths after it is set, and getppid() is 0 inside a
-    # pid namespace; the lifeline pipe answers "is the spawner still there?" everywhere.
+    # pid namespace; the lifeline pipe answers "is the spawner still there?" everywhere
+    # (readable = EOF, since nobody ever writes to it).
     readable, _, _ = select.select([fds.lifeline_r], [], [], 0)
     if readable:
         os._exit(1)
@@ -122,6 +130,11 @@ def _check_lifeline(fds: ChildFds) -> None:
 def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
     step = _Steps()
     sandbox = spec.sandbox
+    with step("close-spawner-fds"):
+        # Nix's child starts with `userNamespaceSync.writeSide = -1`: only the spawner may
+        # hold these write ends, so its death (or its closing sync_w) reads as EOF here.
+        os.close(fds.sync_w)
+        os.close(fds.lifeline_w)
     with step("setsid"):
         os.setsid()
     if spec.kill_with_parent:

@@ -169,8 +169,8 @@ class SpawnerLoop:
         make_raw(slave)
         setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-        fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r,
-                             lifeline_r=self._lifeline_r)
+        fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r, sync_w=sync_w,
+                             lifeline_r=self._lifeline_r, lifeline_w=self._lifeline_w)
         try:
             seccomp_filter = compile_policy(spec.seccomp) if spec.seccomp else None
             pid = self._fork(spec)
