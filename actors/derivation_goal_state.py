@@ -23,6 +23,7 @@ from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.derivation import CAFixed, Derivation, DerivationType
 from goalkeeper.store.hashes import Hash
 from goalkeeper.store.paths import StorePath
+from goalkeeper.store.settings import MissingExperimentalFeature
 
 from .results import BuildResult, ExitCode, FailureKind, Status
 
@@ -359,10 +360,7 @@ class DerivationGoalState:
         drv = self.drv
         assert drv is not None
         if drv.type() is DerivationType.CA_FLOATING and not self.ctx.ca_derivations:
-            raise GoalError(
-                "experimental Nix feature 'ca-derivations' is disabled; "
-                "use '--extra-experimental-features ca-derivations' to override"
-            )
+            raise GoalError(str(MissingExperimentalFeature("ca-derivations")))
         self.retry_substitution = False
         for path in self.ctx.known_output_paths(drv).values():
             if path is not None:

@@ -61,7 +61,7 @@ def decode_valid_path_infos(stream: TextIO, store_dir: StoreDir, hash_given: boo
     def number(text: str | None) -> int:
         if text is None:
             raise bad("missing input")
-        if not text.isdigit():
+        if not text.isascii() or not text.isdigit():  # str.isdigit accepts '²'
             raise bad(f"number expected, got '{text}'")
         return int(text)
 

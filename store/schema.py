@@ -14,11 +14,12 @@ sqlite-utils, in the style of sqlite-utils' own migration helpers.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import sqlite3
 
-import sqlite_utils
+if TYPE_CHECKING:  # only the migrations use it, and they get a Database handed in
+    import sqlite_utils
 
 from .errors import StoreError
 
@@ -117,7 +118,7 @@ def run_script(db: sqlite_utils.Database, script: str) -> None:
         raise SchemaError(f"incomplete SQL statement in schema script: {pending!r}")
 
 
-Migration = Callable[[sqlite_utils.Database], None]
+Migration = Callable[["sqlite_utils.Database"], None]
 
 #: ca-schema version -> the step that brings a database from version-1 to version.
 CA_MIGRATIONS: dict[int, Migration] = {}

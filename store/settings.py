@@ -277,7 +277,8 @@ def _parse(name: str, kind: str, text: str, previous: object | None, warn: Warn)
         return result
     if kind == "features":
         features = set(previous or ())  # type: ignore[call-overload]
-        for feature in text.split():
+        # Nix tokenises into a std::set: each unknown feature is warned about once, in order
+        for feature in sorted(set(text.split())):
             if feature in EXPERIMENTAL_FEATURES:
                 features.add(feature)
             else:

@@ -41,6 +41,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but errors raise UsageError and output goes to our binary streams."""
 
     def __init__(self, *args, streams: tuple[IO[bytes], IO[bytes]], **kwargs):
+        # Nix accepts no abbreviated options (`--sto`), and neither may we: an abbreviation's
+        # value could be mistaken for the command word.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._streams = streams
 
@@ -113,6 +116,8 @@ def _command_word(argv: Sequence[str], module_names: list[str]) -> str | None:
             skip -= 1
         elif token in _OPTIONS_WITH_VALUES:
             skip = _OPTIONS_WITH_VALUES[token]
+        elif token in ("-h", "--help"):
+            return None  # the global help lists every command
         elif not token.startswith("-"):
             name = token.replace("-", "_")
             return name if name in module_names else None
@@ -146,7 +151,7 @@ def build_parser(stdout: IO[bytes], stderr: IO[bytes],
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: IO[bytes] | None = None,
-         stderr: IO[bytes] | None = None) -> int:
+         stderr: IO[bytes] | None = None, stdin: IO[bytes] | None = None) -> int:
     """Run goalkeeper with `argv` (default: sys.argv[1:]); returns the exit status."""
     stdout = stdout if stdout is not None else sys.stdout.buffer
     stderr = stderr if stderr is not None else sys.stderr.buffer
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[bytes] | None = None,
                 return 0
             if args.command is None:
                 raise UsageError("no command given")
-            ctx = _make_context(args, stdout, stderr)
+            ctx = _make_context(args, stdout, stderr, stdin)
             return int(args._command.run(args, ctx) or 0)
         finally:
             if ctx is not None:
@@ -187,7 +192,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: IO[bytes] | None = None,
         return 1
 
 
-def _make_context(args: argparse.Namespace, stdout: IO[bytes], stderr: IO[bytes]) -> Context:
+def _make_context(args: argparse.Namespace, stdout: IO[bytes], stderr: IO[bytes],
+                  stdin: IO[bytes] | None = None) -> Context:
     overrides = list(getattr(args, "settings_pre", [])) + list(getattr(args, "settings_post", []))
 
     def warn(message: str) -> None:
@@ -195,7 +201,7 @@ def _make_context(args: argparse.Namespace, stdout: IO[bytes], stderr: IO[bytes]
 
     settings = Settings.load(overrides=overrides, warn=warn)
     uri = getattr(args, "store_post", None) or getattr(args, "store_pre", None) or settings.get("store")
-    return Context(settings, parse_store_uri(uri, warn=warn), stdout, stderr)
+    return Context(settings, parse_store_uri(uri, warn=warn), stdout, stderr, stdin)
 
 
 def _describe_os_error(e: OSError) -> str:

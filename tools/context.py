@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from typing import IO, TYPE_CHECKING
 
 from goalkeeper.store.errors import StoreError
@@ -25,13 +27,16 @@ class Context:
         store_config: the parsed `--store` URI (or `store` setting).
         store_dir: the logical store dir (what store paths start with).
         stdout, stderr: binary streams; commands write bytes.
+        stdin: binary stream commands read input from (default: the process's stdin).
     """
 
-    def __init__(self, settings: Settings, store_config: StoreConfig, stdout: IO[bytes], stderr: IO[bytes]):
+    def __init__(self, settings: Settings, store_config: StoreConfig, stdout: IO[bytes], stderr: IO[bytes],
+                 stdin: IO[bytes] | None = None):
         self.settings = settings
         self.store_config = store_config
         self.stdout = stdout
         self.stderr = stderr
+        self.stdin = stdin if stdin is not None else sys.stdin.buffer
         self._store: "LocalStore | None" = None
 
     @property

@@ -27,7 +27,8 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "install.sh: goalkeeper needs Python >= 3.11; $python is $("$python" --version 2>&1)" >&2
     exit 1
 fi
-if ! .venv/bin/python -c 'import sys' 2>/dev/null; then
+# a venv without pip (no python3-venv, or an interrupted run) must be made again
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
     rm -rf .venv
     "$python" -m venv .venv
 fi

@@ -225,6 +225,7 @@ def test_only_the_named_command_is_imported():
     assert cli._command_word(["--option", "a", "dump", "show-derivation"], names) == "show_derivation"
     assert cli._command_word(["--extra-experimental-features", "dump", "dump"], names) == "dump"
     assert cli._command_word(["--help"], names) is None
+    assert cli._command_word(["--help", "dump"], names) is None
     assert cli._command_word(["no-such-command"], names) is None
     assert [m.NAME for m in cli.discover_commands(["hash-path", "x"])] == ["hash-path"]
     assert len(cli.discover_commands(["--help"])) > 5

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 
 from goalkeeper.store.dump_db import decode_valid_path_infos
 
@@ -27,7 +26,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         with open(args.input, encoding="utf-8", errors="surrogateescape", newline="\n") as f:
             infos = list(decode_valid_path_infos(f, store.store_dir, source=args.input))
     else:
-        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="\n")
+        stdin = io.TextIOWrapper(ctx.stdin, encoding="utf-8", errors="surrogateescape", newline="\n")
         infos = list(decode_valid_path_infos(stdin, store.store_dir))
         stdin.detach()
     store.register_valid_paths(infos)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from goalkeeper.store.errors import BadArchive
 from goalkeeper.store.nar import restore_path
@@ -21,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, ctx) -> int:
-    stdin = getattr(ctx, "stdin", None) or sys.stdin.buffer
+    stdin = ctx.stdin
     try:
         restore_path(args.path, stdin)
     except BadArchive as err:
