@@ -163,24 +163,36 @@ class SpawnerLoop:
 
     def _spawn(self, build_id: int, spec: BuildSpec) -> None:
         t0 = time.perf_counter_ns()
-        # The pty comes first: opened after CLONE_NEWUSER it would be owned by a devpts
-        # instance the builder's namespace does not map (EPERM / wrong owner).
-        master, slave = os.openpty()  # O_NOCTTY, both O_CLOEXEC (non-inheritable)
-        make_raw(slave)
-        setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
-        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        opened: list[int] = []
+        step = "openpty"
+        try:
+            # The pty comes first: opened after CLONE_NEWUSER it would be owned by a devpts
+            # instance the builder's namespace does not map (EPERM / wrong owner).
+            master, slave = os.openpty()  # O_NOCTTY, both O_CLOEXEC (non-inheritable)
+            opened += (master, slave)
+            make_raw(slave)
+            step = "pipe"
+            setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
+            opened += (setup_r, setup_w)
+            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+            opened += (sync_r, sync_w)
+            step = "seccomp"
+            seccomp_filter = compile_policy(spec.seccomp) if spec.seccomp else None
+            step = "clone" if spec.sandbox is not None else "fork"
+            pid = self._fork(spec)
+        except Exception as e:
+            # EMFILE, no free pty, a bad policy: this build fails, the others go on (as in
+            # Nix, where only the goal whose startBuilder threw fails).
+            for fd in opened:
+                os.close(fd)
+            if isinstance(e, OSError):
+                err, message = e.errno or 0, e.strerror or str(e)
+            else:
+                err, message = 0, f"{type(e).__name__}: {e}"
+            self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
+            return
         fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r, sync_w=sync_w,
                              lifeline_r=self._lifeline_r, lifeline_w=self._lifeline_w)
-        try:
-            seccomp_filter = compile_policy(spec.seccomp) if spec.seccomp else None
-            pid = self._fork(spec)
-        except OSError as e:
-            for fd in (master, slave, setup_r, setup_w, sync_r, sync_w):
-                os.close(fd)
-            step = "clone" if spec.sandbox is not None else "fork"
-            self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
-                                   message=e.strerror or str(e)))
-            return
         if pid == 0:  # the child; never returns
             child.run(spec, fds, seccomp_filter)
         forked_ns = time.perf_counter_ns()
