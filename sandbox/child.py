@@ -135,6 +135,16 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
         # hold these write ends, so its death (or its closing sync_w) reads as EOF here.
         os.close(fds.sync_w)
         os.close(fds.lifeline_w)
+    with step("signals"):
+        # We start with every signal blocked (spawner._fork) and the spawner's Python
+        # handlers installed.  Drop those first (and the spawner's wake-up fd), so that a
+        # signal already pending -- a Kill during setup -- acts with its default action
+        # once unblocked.  Ignored signals and the mask also survive execve, and Python
+        # ignores SIGPIPE: a builder expects every disposition default, nothing blocked.
+        signal.set_wakeup_fd(-1)
+        for sig in signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
     with step("setsid"):
         os.setsid()
     if spec.kill_with_parent:
@@ -173,14 +183,6 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
             with step("pdeathsig"):
                 prctl.set_pdeathsig(signal.SIGKILL)
                 _check_lifeline(fds)
-    with step("signals"):
-        # Python ignores SIGPIPE (and the spawner handles SIGCHLD and SIGTERM); ignored
-        # signals and the signal mask survive execve, so restore what a builder expects.
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGTERM, signal.SIGINT,
-                    signal.SIGXFSZ, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
     with step("chdir"):
         os.chdir(spec.cwd)
     with step("close-fds"):

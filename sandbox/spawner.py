@@ -227,6 +227,23 @@ class SpawnerLoop:
         self._send(Spawned(build_id=build_id, pid=pid), [master])
 
     def _fork(self, spec: BuildSpec) -> int:
+        # All signals stay blocked across the fork, as CPython's _posixsubprocess does:
+        # the child inherits our Python handlers (SIGTERM would stop *our* loop, in its
+        # copy), and a Kill arriving before it resets them would be swallowed.  The child
+        # resets every disposition and then unblocks (child.py, step "signals"), so a
+        # signal sent during setup stays pending and then acts as it would on the builder.
+        saved = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = self._fork_or_clone(spec)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+        return pid
+
+    @staticmethod
+    def _fork_or_clone(spec: BuildSpec) -> int:
         sandbox = spec.sandbox
         if sandbox is None:
             return os.fork()
