@@ -14,7 +14,8 @@ Guarantees of a sandboxed build (``spec.sandbox`` set), matching Nix 2.8's on Li
 - Every build, sandboxed or not: a new session; stdin is /dev/null, stdout and stderr the
   build's pty slave (raw mode, no CR/LF translation); no other fds survive exec; core
   dumps are off; address-space randomisation is off; setuid/setgid chmod fails with EPERM
-  and setxattr with ENOTSUP (seccomp); no-new-privileges is set unless allowed; it is
+  and setxattr with ENOTSUP (seccomp); no-new-privileges is set by that filter (libseccomp's
+  CTL_NNP) unless allowed, and not at all without it (Nix's filter-syscalls=false); it is
   SIGKILLed if the spawner dies.
 
 How a failure is reported: each step has a name; the first that fails writes
@@ -199,9 +200,6 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
             resource.setrlimit(limit.resource, (limit.soft, limit.hard))
     with step("umask"):
         os.umask(spec.umask)
-    if spec.no_new_privileges:
-        with step("prctl"):
-            prctl.set_no_new_privs(1)
     with step("exec"):
         env = dict(spec.env)
         os.execve(spec.builder, list(spec.argv), env)

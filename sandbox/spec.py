@@ -202,8 +202,9 @@ class BuildSpec:
     rlimits: tuple[RLimit, ...] = DEFAULT_RLIMITS
     personality_set: int | None = None  # e.g. PER_LINUX32, set before the OR below
     personality_or: int = ADDR_NO_RANDOMIZE
+    # Also the one source of no-new-privileges (libseccomp's CTL_NNP, from the policy's
+    # allow_new_privileges), as in Nix: with filter-syscalls=false nothing sets it.
     seccomp: SeccompPolicy | None = None
-    no_new_privileges: bool = True
     stdin_path: str = "/dev/null"
     umask: int = 0o022
     kill_with_parent: bool = True

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 
 import pytest
+
+from goalkeeper.sandbox.seccomp import nix_policy
 
 from .conftest import needs_userns, run_build, sandbox_spec
 
@@ -95,6 +98,19 @@ def test_seccomp_and_no_new_privs(probe):
     assert probe["chmod4755"] == "EPERM" and probe["chmod2755"] == "EPERM"
     assert probe["chmod755"] == "ok"
     assert probe["setxattr"] == "ENOTSUP"
+
+
+@pytest.mark.parametrize(("seccomp", "expected"), [
+    (nix_policy(), ("2", "1")),
+    (nix_policy(allow_new_privileges=True), ("2", "0")),  # allow-new-privileges = true
+    (None, ("0", "0")),  # filter-syscalls = false: Nix's setupSeccomp returns at once
+])
+def test_no_new_privs_comes_only_from_the_seccomp_policy(spawner, tmp_path, seccomp, expected):
+    script = ("echo $(grep '^Seccomp:' /proc/self/status | cut -f2)"
+              " $(grep '^NoNewPrivs:' /proc/self/status | cut -f2)")
+    spec = dataclasses.replace(sandbox_spec(tmp_path, script), seccomp=seccomp)
+    out = run_build(spawner, spec)
+    assert tuple(out.output.split()) == tuple(v.encode() for v in expected)
 
 
 def test_filesystem(probe):
