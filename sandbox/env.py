@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from goalkeeper.store import nixbase32
+from goalkeeper.store.parsed_derivation import tokenize
+from goalkeeper.store.references import rewrite_strings
 
 HOME_DIR = "/homeless-shelter"  # must not exist; see initEnv
 SANDBOX_BUILD_DIR = "/build"  # settings.sandboxBuildDir
 SANDBOX_UID = 1000  # sandboxUid() with a user namespace
 SANDBOX_GID = 100  # sandboxGid() with a user namespace
-
-_WHITESPACE = " \t\n\r"  # tokenizeString's default separators
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,24 +36,15 @@ class BuilderEnv:
         return tuple((k.encode(), v.encode()) for k, v in self.env)
 
 
-def tokenize(text: str) -> list[str]:
-    """Nix's tokenizeString with the default separators."""
-    for sep in _WHITESPACE[1:]:
-        text = text.replace(sep, " ")
-    return [t for t in text.split(" ") if t]
-
-
 def pass_as_file_name(attr: str) -> str:
     """``.attr-<base32 sha256 of the attribute name>``."""
     return ".attr-" + nixbase32.encode(hashlib.sha256(attr.encode()).digest())
 
 
-def rewrite_strings(s: str, rewrites: Mapping[str, str]) -> str:
-    """Nix's rewriteStrings: each rewrite applied in turn over the whole string."""
-    for old, new in rewrites.items():
-        if old:
-            s = s.replace(old, new)
-    return s
+def _rewrite(s: str, rewrites: Mapping[str, str]) -> str:
+    # rewriteStrings on the UTF-8 bytes: a match of valid UTF-8 always falls on character
+    # boundaries, so the result decodes.
+    return rewrite_strings(s.encode(), rewrites).decode() if rewrites else s
 
 
 def builder_env(*, drv_env: Mapping[str, str], store_dir: str, build_cores: int,
@@ -93,7 +84,7 @@ def builder_env(*, drv_env: Mapping[str, str], store_dir: str, build_cores: int,
                 env[name] = value
             else:
                 fn = pass_as_file_name(name)
-                files.append((fn, rewrite_strings(value, rewrites).encode()))
+                files.append((fn, _rewrite(value, rewrites).encode()))
                 env[name + "Path"] = build_dir_in_sandbox + "/" + fn
     env["NIX_BUILD_TOP"] = build_dir_in_sandbox
     for name in ("TMPDIR", "TEMPDIR", "TMP", "TEMP"):
@@ -108,7 +99,7 @@ def builder_env(*, drv_env: Mapping[str, str], store_dir: str, build_cores: int,
             env[name] = caller_env.get(name, "")
     env["NIX_LOG_FD"] = "2"
     env["TERM"] = "xterm-256color"
-    pairs = sorted((rewrite_strings(k, rewrites), rewrite_strings(v, rewrites))
+    pairs = sorted((_rewrite(k, rewrites), _rewrite(v, rewrites))
                    for k, v in env.items())
     return BuilderEnv(env=tuple(pairs), build_dir_files=tuple(files))
 

@@ -74,6 +74,17 @@ def test_rewrites_apply_to_values_and_pass_as_file():
     assert built.build_dir_files[0][1] == b"at /nix/store/abc-x"
 
 
+def test_rewrites_resume_at_the_replacement_as_nix_does():
+    # Nix's rewriteStrings searches again from the start of what it just put in, so an
+    # overlapping pattern keeps matching: "aabb" -> "aaab" -> "aaaa".
+    built = nixenv.builder_env(
+        drv_env={"x": "aabb", "passAsFile": "f", "f": "aabb"}, store_dir="/nix/store",
+        build_cores=1, build_dir_in_sandbox="/build", fixed_output=False,
+        structured_attrs=False, rewrites={"aab": "aaa"})
+    assert dict(built.env)["x"] == "aaaa"
+    assert built.build_dir_files[0][1] == b"aaaa"
+
+
 def test_etc_files_match_nix():
     etc = "\n".join(_record_section("etc")) + "\n"
     assert nixenv.etc_group().decode() in etc
