@@ -199,19 +199,28 @@ class SpawnerLoop:
         for fd in (slave, setup_w, sync_r):
             os.close(fd)
         mount_ns = -1
+        sandbox = spec.sandbox
+        step = "uid_map"
         try:
-            if spec.sandbox is not None and spec.sandbox.user_namespace:
-                self._write_id_maps(pid, spec)
-            if spec.sandbox is not None and spec.sandbox.unshare_mount_before_pivot:
+            if sandbox is not None and sandbox.user_namespace:
+                # Order matters: gid_map is only writable by an unprivileged parent after
+                # setgroups has been denied.
+                for step, text in (("uid_map", sandbox.uid_map.render()),
+                                   ("setgroups", b"deny"),
+                                   ("gid_map", sandbox.gid_map.render())):
+                    _write_file(f"/proc/{pid}/{step}", text)
+            if sandbox is not None and sandbox.unshare_mount_before_pivot:
                 # Nix's sandboxMountNamespace: keeps the un-pivoted namespace for binding
                 # paths in later; as long as it lives, the builder's fds opened before
                 # pivot_root (stdin's /dev/null) still resolve to "/dev/null", not "/null".
+                step = "mount-ns"
                 mount_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            if spec.sandbox is not None and spec.sandbox.user_namespace:
+            if sandbox is not None and sandbox.user_namespace:
+                step = "id-map-sync"
                 os.write(sync_w, b"1")  # the child waits for this (wait-for-id-map)
         except OSError as e:
             # The child is waiting on the sync pipe; closing it makes it exit.
-            self._report_early(build_id, pid, "id-map", e, master, setup_r)
+            self._report_early(build_id, pid, step, e, master, setup_r)
             os.close(sync_w)
             if mount_ns != -1:
                 os.close(mount_ns)
@@ -255,24 +264,14 @@ class SpawnerLoop:
             flags |= _linux.CLONE_NEWNET
         return _linux.clone(flags)
 
-    @staticmethod
-    def _write_id_maps(pid: int, spec: BuildSpec) -> None:
-        # Order matters: gid_map is only writable by an unprivileged parent after
-        # setgroups has been denied.
-        sandbox = spec.sandbox
-        for name, text in (("uid_map", sandbox.uid_map.render()), ("setgroups", b"deny"),
-                           ("gid_map", sandbox.gid_map.render())):
-            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(fd, text)
-            finally:
-                os.close(fd)
-
     def _report_early(self, build_id, pid, step, e, master, setup_r) -> None:
         os.close(master)
         os.close(setup_r)
+        message = e.strerror or str(e)
+        if e.filename:
+            message += f": {e.filename}"
         self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
-                               message=e.strerror or str(e)))
+                               message=message))
         # Still reaped (and reported as Exited) by _reap.
         self._children[pid] = _Child(build_id=build_id, pid=pid, forked_ns=0, spawn_ns=0,
                                      setup_r=-1)
@@ -355,6 +354,16 @@ def _kill_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from e  # the kernel's EINVAL names no file
+    finally:
+        os.close(fd)
 
 
 def _drain(fd: int) -> None:

@@ -12,9 +12,9 @@ import signal
 import pytest
 
 from goalkeeper.sandbox.messages import Exited, SetupFailed, Started
-from goalkeeper.sandbox.spec import SeccompPolicy, SeccompRule
+from goalkeeper.sandbox.spec import IdMap, SeccompPolicy, SeccompRule
 
-from .conftest import plain_spec, run_build
+from .conftest import needs_userns, plain_spec, run_build, sandbox_spec
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,3 +77,16 @@ def test_bad_seccomp_policy_fails_in_step_seccomp(spawner, tmp_path, policy, err
     assert (out.failed.step, out.failed.errno) == ("seccomp", err)
     assert _fds(spawner.pid) == before
     assert run_build(spawner, plain_spec(tmp_path, "exit 3")).exited.exit_status == 3
+
+
+@needs_userns
+@pytest.mark.parametrize("step", ["uid_map", "gid_map"])
+def test_id_map_failure_names_its_step_and_file(spawner, tmp_path, step):
+    spec = sandbox_spec(tmp_path, "true")
+    bad = IdMap(inside=0, outside=os.getuid(), count=0)  # the kernel refuses a 0-id range
+    spec = dataclasses.replace(spec, sandbox=dataclasses.replace(spec.sandbox, **{step: bad}))
+    spawner.spawn(1, spec)
+    events = _events_until(spawner, 1, Exited)  # the half-made child is still reaped
+    failed = next(e for e in events if isinstance(e, SetupFailed))
+    assert (failed.step, failed.errno) == (step, errno.EINVAL)
+    assert failed.message.endswith(f"/{step}") and "/proc/" in failed.message
