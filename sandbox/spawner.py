@@ -382,6 +382,9 @@ def main(argv: list[str]) -> int:
     prctl.set_pdeathsig(signal.SIGTERM)
     if os.getppid() != engine_pid:  # it died before PDEATHSIG was armed
         return 1
+    # Inherited through pass_fds; like every other fd of ours, exec must drop it (the
+    # child also closes it in close-fds, but no builder should ever hold the channel).
+    os.set_inheritable(sock_fd, False)
     sock = socket.socket(fileno=sock_fd)
     SpawnerLoop(sock).run()
     return 0
