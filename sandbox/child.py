@@ -106,16 +106,11 @@ def run(spec: BuildSpec, fds: ChildFds, seccomp_filter=None) -> None:
     try:
         _apply(spec, fds, seccomp_filter)
     except _StepFailed as e:
-        _report(fds.setup_w, e.step, e.errno, e.message)
-    except BaseException as e:  # a bug in this module: still report it, never return
-        _report(fds.setup_w, "internal", 0, f"{type(e).__name__}: {e}")
-    os._exit(1)
-
-
-def _report(fd: int, step: str, err: int, message: str) -> None:
-    try:
-        os.write(fd, encode_failure(step, err, message))
+        os.write(fds.setup_w, encode_failure(e.step, e.errno, e.message))
+    except BaseException as e:  # a bug in this module: still report it
+        os.write(fds.setup_w, encode_failure("internal", 0, f"{type(e).__name__}: {e}"))
     finally:
+        # Never return into the spawner's loop, even if the report itself fails (EPIPE).
         os._exit(1)
 
 
