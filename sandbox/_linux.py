@@ -15,13 +15,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 # clone(2)/unshare(2) flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000  # mount namespace
-CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000  # hostname and domainname
 CLONE_NEWIPC = 0x08000000  # SysV IPC, POSIX message queues
 CLONE_NEWUSER = 0x10000000  # user namespace: uid/gid maps, capabilities
 CLONE_NEWPID = 0x20000000  # the first process becomes pid 1
 CLONE_NEWNET = 0x40000000  # network: only a (down) loopback device
-CLONE_PARENT = 0x00008000
 
 # mount(2) flags (linux/mount.h).
 MS_RDONLY = 0x1
@@ -70,10 +68,6 @@ def _path(p: str | bytes | None) -> bytes | None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(ctypes.c_int(flags)))
-
-
-def setns(fd: int, nstype: int = 0) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
 
 
 def mount(source: str | bytes | None, target: str | bytes, fstype: str | bytes | None,
