@@ -329,7 +329,7 @@ def recompute(
     path_of: dict[str, StorePath] = {}
     # Stale paths of earlier entries (their given key and output paths) -> recomputed ones:
     # a dependent's builder, args and env mention them as the evaluator wrote them.
-    rewrites: dict[str, str] = {}
+    rewrites = _Rewrites()
 
     def read(path: StorePath) -> Derivation:
         drv = computed.get(path)
@@ -353,12 +353,11 @@ def recompute(
                 if not path.is_derivation():
                     raise fail(where, f"'{key}' is not a derivation")
             input_drvs[path] = input_drvs.get(path, frozenset()) | wanted
-        rewrite = _rewriter(rewrites)
         drv = Derivation(
             name=entry.drv.name, outputs=entry.drv.outputs, input_srcs=entry.drv.input_srcs,
-            platform=entry.drv.platform, builder=rewrite(entry.drv.builder),
-            args=tuple(rewrite(a) for a in entry.drv.args),
-            env={k: rewrite(v) for k, v in entry.drv.env.items()}, input_drvs=input_drvs,
+            platform=entry.drv.platform, builder=rewrites(entry.drv.builder),
+            args=tuple(rewrites(a) for a in entry.drv.args),
+            env={k: rewrites(v) for k, v in entry.drv.env.items()}, input_drvs=input_drvs,
         )
         try:
             filled = fill_in_outputs(store_dir, drv, read, cache)
@@ -372,23 +371,55 @@ def recompute(
     return results
 
 
-def _note_rewrites(rewrites: dict[str, str], entry: JSONDerivation, store_dir: StoreDir,
+def _note_rewrites(rewrites: "_Rewrites", entry: JSONDerivation, store_dir: StoreDir,
                    path: StorePath, drv: Derivation) -> None:
     new_paths = {name: p for name, (_, p) in drv.outputs_and_opt_paths(store_dir).items() if p is not None}
-    if entry.key.startswith("/") and entry.key != store_dir.print(path):
-        rewrites[entry.key] = store_dir.print(path)
+    rewrites.add(entry.key, store_dir.print(path))
     for name, old in entry.given_output_paths.items():
         new = new_paths.get(name)
-        if new is not None and old != store_dir.print(new):
-            rewrites[old] = store_dir.print(new)
+        if new is not None:
+            rewrites.add(old, store_dir.print(new))
 
 
-def _rewriter(rewrites: dict[str, str]) -> Callable[[str], str]:
-    """Replace every stale path at once (one regex), longest first so no path eats another."""
-    if not rewrites:
-        return lambda s: s
-    pattern = re.compile("|".join(re.escape(k) for k in sorted(rewrites, key=len, reverse=True)))
-    return lambda s: pattern.sub(lambda m: rewrites[m.group(0)], s)
+_PATH_SHAPE = re.compile(r"(.*/)([0-9a-df-np-sv-z]{32})-[^/]+")
+_HASH_AFTER_SLASH = re.compile(r"/([0-9a-df-np-sv-z]{32})-")
+
+
+class _Rewrites:
+    """Stale store paths -> recomputed ones, indexed by hash part.
+
+    Grows by two or so paths per entry, so it must not be rebuilt per entry (a regex
+    alternating over every path so far made a 1,000-entry graph take minutes): a
+    string is scanned once for `/<hash>-` and only the paths with that hash are tried.
+    """
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, list[tuple[int, str, str]]] = {}
+
+    def add(self, old: str, new: str) -> None:
+        m = _PATH_SHAPE.fullmatch(old)
+        if m is None or old == new:
+            return  # not a store path: nothing in a dependent can refer to it
+        candidates = self._by_hash.setdefault(m.group(2), [])
+        candidates.append((len(m.group(1)) - 1, old, new))  # offset of the '/' before the hash
+        candidates.sort(key=lambda c: -len(c[1]))  # longest first, as an alternation would
+
+    def __call__(self, s: str) -> str:
+        if not self._by_hash:
+            return s
+        out: list[str] = []
+        pos = 0
+        for m in _HASH_AFTER_SLASH.finditer(s):
+            for offset, old, new in self._by_hash.get(m.group(1), ()):
+                start = m.start() - offset
+                if start >= pos and s.startswith(old, start):
+                    out += (s[pos:start], new)
+                    pos = start + len(old)
+                    break
+        if not out:
+            return s
+        out.append(s[pos:])
+        return "".join(out)
 
 
 def _topological(entries: list[JSONDerivation], by_key: dict[str, JSONDerivation], fail) -> list[JSONDerivation]:

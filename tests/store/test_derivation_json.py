@@ -143,3 +143,16 @@ def test_json_round_trip_of_arbitrary_strings(args, env, builder):
     text = show_derivations(SD, [(path, drv)])
     (entry,) = read_show_derivation(text, SD, recompute=False)
     assert (entry.key, entry.drv) == (SD.print(path), drv)
+
+
+def test_stale_path_rewrites_replace_whole_paths_only():
+    from goalkeeper.store.derivation_json import _Rewrites
+
+    h1, h2 = "0" * 31 + "1", "0" * 31 + "2"
+    r = _Rewrites()
+    assert r("/nix/store/x") == "/nix/store/x"
+    r.add(f"/nix/store/{h1}-a", f"/t/store/{h2}-a")
+    r.add(f"/nix/store/{h1}-a-dev", f"/t/store/{h2}-a-dev")
+    r.add("/not/a/store/path", "/x")  # nothing can refer to it: ignored
+    text = f"x=/nix/store/{h1}-a y=/nix/store/{h1}-a-dev/bin z=/other/{h1}-a /not/a/store/path"
+    assert r(text) == f"x=/t/store/{h2}-a y=/t/store/{h2}-a-dev/bin z=/other/{h1}-a /not/a/store/path"
