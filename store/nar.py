@@ -509,7 +509,11 @@ def restore_path(path: str | bytes, source: BinaryIO) -> int:
 
 
 def delete_path(path: str | bytes) -> None:
-    """Remove a file, symlink or whole tree, making read-only directories writable as needed."""
+    """Remove a file, symlink or whole tree, making read-only directories writable as needed.
+
+    Iterative, like the parser: a NAR may nest deeper than Python's recursion limit,
+    and a failed restore of such a NAR must still clean up after itself.
+    """
     path = os.fsencode(path)
     try:
         st = os.lstat(path)
@@ -518,10 +522,19 @@ def delete_path(path: str | bytes) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
-    if st.st_mode & 0o700 != 0o700:
-        os.chmod(path, st.st_mode | 0o700)  # canonicalised store paths are 0555
-    with os.scandir(path) as it:
-        children = [e.path for e in it]
-    for child in children:
-        delete_path(child)
-    os.rmdir(path)
+    stack: list[tuple[bytes, bool]] = [(path, False)]  # (directory, children already removed)
+    while stack:
+        directory, emptied = stack.pop()
+        if emptied:
+            os.rmdir(directory)
+            continue
+        mode = os.lstat(directory).st_mode
+        if mode & 0o700 != 0o700:
+            os.chmod(directory, mode | 0o700)  # canonicalised store paths are 0555
+        stack.append((directory, True))
+        with os.scandir(directory) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, False))
+                else:
+                    os.unlink(entry.path)

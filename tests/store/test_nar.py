@@ -322,3 +322,22 @@ def test_garbage_only_raises_bad_archive(noise, offset):
             nar.parse(io.BytesIO(data))
         except BadArchive:
             pass
+
+
+def test_failed_restore_of_a_very_deep_nar_cleans_up(tmp_path):
+    """Nesting beyond Python's recursion limit: the BadArchive surfaces and nothing is left."""
+    import io
+    import struct
+
+    def tok(b: bytes) -> bytes:
+        return struct.pack("<Q", len(b)) + b + b"\0" * (-len(b) % 8)
+
+    depth = 1500
+    data = tok(b"nix-archive-1")
+    for _ in range(depth):
+        data += b"".join(tok(t) for t in (b"(", b"type", b"directory", b"entry", b"(", b"name", b"d", b"node"))
+    data += b"".join(tok(t) for t in (b"(", b"type", b"bogus"))
+    out = tmp_path / "out"
+    with pytest.raises(BadArchive):
+        nar.restore_path(str(out), io.BytesIO(data))
+    assert not out.exists()
