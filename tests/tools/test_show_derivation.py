@@ -101,3 +101,18 @@ def test_other_store_dir(gk, run_nix, local_store):
     assert path.startswith(local_store.store_dir + "/")
     got = gk(*local_store.args, "show-derivation", "-r", path)
     assert (got.status, got.stdout) == (0, nix_show(run_nix, local_store, "-r", path).stdout), got.stderr
+
+
+def test_an_unregistered_drv_file_is_refused_like_nix(gk, run_nix, chroot_store, instantiated, tmp_path):
+    """A .drv file lying in the store but not registered as valid: Nix's readDerivation refuses it."""
+    src = Path(chroot_store.real_store_dir) / Path(instantiated["simple"]).name
+    empty = tmp_path / "empty"
+    (empty / "nix" / "store").mkdir(parents=True)
+    (empty / "nix" / "store" / src.name).write_bytes(src.read_bytes())
+    args = ["--store", str(empty), "--option", "build-users-group", ""]
+    nix = run_nix("nix", "--extra-experimental-features", FEATURES, "show-derivation", *args,
+                  instantiated["simple"], check=False)
+    ours = gk(*args, "show-derivation", instantiated["simple"])
+    assert nix.returncode == ours.status == 1 and ours.stdout == b""
+    assert ours.stderr == f"error: path '{instantiated['simple']}' is not a valid store path\n".encode()
+    assert ours.stderr.decode() in nix.stderr.decode().replace("\x1b[35;1m", "").replace("\x1b[0m", "")

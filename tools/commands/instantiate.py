@@ -25,7 +25,6 @@ from goalkeeper.store.derivation_json import read_show_derivation, recompute
 from goalkeeper.store.errors import InvalidPath
 from goalkeeper.store.paths import StorePath
 
-from .show_derivation import read_derivation
 
 NAME = "instantiate"
 HELP = "add the derivations described by a 'nix show-derivation' JSON file to the store"
@@ -60,7 +59,7 @@ def run(args, ctx) -> int:
     def read_input(path: StorePath) -> Derivation:
         if not store.is_valid_path(path):
             raise InvalidPath(f"input derivation '{store_dir.print(path)}' is not valid in the store")
-        return read_derivation(store.config, path)
+        return store.read_derivation(path)
 
     results = recompute(entries, store_dir, read_input, source=args.file)
     written: dict[str, StorePath] = {}

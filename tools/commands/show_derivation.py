@@ -31,8 +31,8 @@ def run(args, ctx) -> int:
     if args.recursive:
         # Nix takes the closure over the store's references (inputSrcs ∪ inputDrvs of each drv).
         drv_paths = {p for p in ctx.open_store().compute_fs_closure(drv_paths) if p.is_derivation()}
-    features = ctx.settings.experimental_features
-    drvs = [(p, read_derivation(ctx.store_config, p, features)) for p in drv_paths]
+    store = ctx.open_store()
+    drvs = [(p, read_valid_derivation(store, p)) for p in drv_paths]
     ctx.stdout.write(show_derivations(store_dir, drvs))
     return 0
 
@@ -51,17 +51,13 @@ def _drv_path(ctx, arg: str) -> StorePath:
     return min(derivers)  # *derivers.begin() of a std::set
 
 
-def read_derivation(store_config, path: StorePath, features=None) -> Derivation:
-    """Read and parse a `.drv` through the store's real directory.
+def read_valid_derivation(store, path: StorePath) -> Derivation:
+    """`readDerivation`: the path must be valid (`requireValidPath`), then its file is parsed.
 
     Raises:
-        InvalidPath: no such file in the store.
+        InvalidPath: not registered as valid (whether or not a file is there), as in Nix.
         BadDerivation: the file is malformed (names the path and the byte offset).
     """
-    printed = store_config.store_dir.print(path)
-    try:
-        with open(store_config.to_real_path(printed), "rb") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise InvalidPath(f"path '{printed}' is not a valid store path") from None
-    return Derivation.parse(text, path.derivation_name(), store_config.store_dir, features, source=printed)
+    if not store.is_valid_path(path):
+        raise InvalidPath(f"path '{store.print(path)}' is not a valid store path")
+    return store.read_derivation(path)
