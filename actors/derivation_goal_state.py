@@ -21,6 +21,7 @@ from typing import Protocol
 
 from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.derivation import CAFixed, Derivation, DerivationType
+from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Hash
 from goalkeeper.store.paths import StorePath
 from goalkeeper.store.settings import MissingExperimentalFeature
@@ -314,7 +315,9 @@ class DerivationGoalState:
                     self.resolved_finished(code)
                 case _:
                     raise TypeError(f"unexpected event {event!r}")
-        except GoalError as e:
+        except (GoalError, StoreError) as e:
+            # The seed throws these out of work(); Nix then ends the whole run with the
+            # message and exit 1, which is what a MiscFailure of this goal amounts to.
             self._done(Status.MiscFailure, str(e))
         return self._effects
 

@@ -16,6 +16,7 @@ the next adder deletes before reuse.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import stat
@@ -123,6 +124,20 @@ class LocalStore:
             if db in self._dbs:
                 self._dbs.remove(db)
         db.close()
+
+    @contextlib.contextmanager
+    def using_db(self, db: StoreDB):
+        """Run this thread's queries on `db` for a while (a connection shared under a lock).
+
+        Thousands of goal threads each opening their own connection would exhaust
+        file descriptors; they share one reader instead.
+        """
+        previous = getattr(self._local, "db", None)
+        self._local.db = db
+        try:
+            yield self
+        finally:
+            self._local.db = previous
 
     def transaction(self, what: str = "updating the database"):
         """A write transaction on this thread's connection."""

@@ -1,0 +1,240 @@
+"""The DerivationGoal actor: `DerivationGoalState` plus the effects it asks for.
+
+The state machine decides; this actor carries out its effects: asking the
+worker for waitees and build slots, starting the builder through the build
+runner (which answers with events, so this thread never waits on a child or a
+pipe), registering outputs, and CA resolution. It stops itself as soon as the
+goal is finished or cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import pykka
+
+from goalkeeper.store.derivation import Derivation, write_derivation
+from goalkeeper.store.derivation_hash import static_output_hashes, try_resolve
+from goalkeeper.store.errors import StoreError
+from goalkeeper.store.paths import StorePath
+from goalkeeper.store.realisations import DrvOutput, Realisation
+
+from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSetupFailed, DerivationGoalState,
+                                    Finished, OutputsRegistered, PrintError, RegisterOutputs,
+                                    RegisterResolvedRealisations, ResolveAndBuild, Started, StartBuild, Wake,
+                                    WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantSubstitution)
+from .goal_context import LocalGoalContext
+from .results import BuildResult, ExitCode, FailureKind, Status
+from .store_messages import RegisterDrvOutput, RegisterValidPaths
+from .worker import GoalServices
+from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalSaid, GoalStarted,
+                              ReleaseBuildSlot, RequestBuildSlot, WaitAWhile)
+
+logger = logging.getLogger(__name__)
+
+_BUILD_ENDED = (BuildExited, BuildKilled, BuildSetupFailed)
+
+
+class DerivationGoalActor(pykka.ThreadingActor):
+    def __init__(self, goal_id: int, drv_path: StorePath, wanted_outputs: frozenset[str], build_mode: BuildMode,
+                 keep_going: bool, services: GoalServices, worker_ref: pykka.ActorRef):
+        super().__init__()
+        self.goal_id = goal_id
+        self.drv_path = drv_path
+        self.services = services
+        self.worker_ref = worker_ref
+        self.ctx = LocalGoalContext(services.reader, services.settings, drv_path, keep_going=keep_going,
+                                    on_wait=self._say)
+        self.state = DerivationGoalState(drv_path, wanted_outputs, build_mode, self.ctx)
+        self.plan = None  # the running build's BuildPlan
+        self.build_id: int | None = None
+        self.resolved_drv_path: StorePath | None = None
+        self._said_waiting = False
+
+    # -- messages --------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case AddWantedOutputs(outputs=outputs):
+                self.state.add_wanted_outputs(outputs)
+            case Cancel():
+                self._cancel()
+            case _:
+                if isinstance(message, _BUILD_ENDED):
+                    self.build_id = None
+                    self.worker_ref.tell(ReleaseBuildSlot(goal=self.goal_id))
+                self._handle(message)
+
+    def on_failure(self, exc_type, exc_value, tb) -> None:
+        # A bug, not an expected failure: report the goal failed so nothing waits forever.
+        logger.error("derivation goal for %s crashed:\n%s", self.ctx.printed_drv_path,
+                     "".join(traceback.format_exception(exc_type, exc_value, tb)))
+        self._kill_build()
+        self.ctx.unlock_outputs(delete=False)
+        result = BuildResult(status=Status.MiscFailure, error_msg=f"internal error: {exc_value}")
+        self.worker_ref.tell(GoalFinished(goal=self.goal_id, finished=Finished(exit_code=ExitCode.FAILED,
+                                                                                result=result)))
+
+    def _handle(self, event) -> None:
+        pending = [event]
+        while pending:
+            for effect in self.state.handle(pending.pop(0)):
+                self._apply(effect, pending)
+
+    def _apply(self, effect, pending: list) -> None:
+        match effect:
+            case WantDerivation() | WantSubstitution():
+                self.worker_ref.tell(AddWaitee(waiter=self.goal_id, want=effect))
+            case WakeUp():
+                pending.append(Wake())
+            case WaitForBuildSlot():
+                self.worker_ref.tell(RequestBuildSlot(goal=self.goal_id))
+            case WaitForAWhile(reason=reason):
+                if not self._said_waiting:  # Nix keeps one "waiting for lock" activity per goal
+                    self._said_waiting = True
+                    self._say(reason)
+                self.worker_ref.tell(WaitAWhile(goal=self.goal_id))
+            case StartBuild():
+                self._start_build(pending)
+            case Started(message=message):
+                self.worker_ref.tell(GoalStarted(goal=self.goal_id, message=message))
+            case RegisterOutputs():
+                pending.append(self._register_outputs())
+            case ResolveAndBuild():
+                self._resolve_and_build()
+            case RegisterResolvedRealisations(wanted_outputs=wanted):
+                self._register_resolved_realisations(wanted)
+            case PrintError(message=message):
+                self._say(message)
+            case Finished():
+                self._finish(effect)
+            case _:
+                raise TypeError(f"unexpected effect {effect!r}")
+
+    def _say(self, message: str) -> None:
+        self.worker_ref.tell(GoalSaid(goal=self.goal_id, message=message))
+
+    # -- the build -------------------------------------------------------------------------
+
+    def _start_build(self, pending: list) -> None:
+        from .start_builder import BuildSetupError, start_builder
+
+        state = self.state
+        assert state.drv is not None
+        try:
+            self.plan = start_builder(
+                self.services.store, self.services.settings, drv=state.drv, drv_path=self.drv_path,
+                initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
+                build_mode=state.build_mode, input_paths=state.input_paths)
+        except (BuildSetupError, StoreError) as err:
+            self.worker_ref.tell(ReleaseBuildSlot(goal=self.goal_id))
+            pending.append(BuildSetupFailed(message=getattr(err, "message", None) or str(err)))
+            return
+        self.build_id = self.services.runner.run_build(
+            drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
+            reply=self.actor_ref.tell)
+
+    def _register_outputs(self) -> OutputsRegistered:
+        from .register_outputs import register_outputs
+
+        state = self.state
+        assert state.drv is not None and self.plan is not None
+        store_ref = self.services.store_ref
+
+        def register(infos) -> None:
+            store_ref.ask(RegisterValidPaths(infos=tuple(infos)))
+
+        def register_realisation(realisation: Realisation) -> None:
+            store_ref.ask(RegisterDrvOutput(realisation=realisation))
+
+        try:
+            outcome = register_outputs(
+                self.services.store, self.services.settings, drv=state.drv, drv_path=self.drv_path, plan=self.plan,
+                initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
+                static_output_hashes={name: out.output_hash for name, out in state.initial_outputs.items()},
+                input_paths=state.input_paths, build_mode=state.build_mode,
+                register=register, register_realisation=register_realisation)
+        except StoreError as err:
+            return OutputsRegistered(failure=FailureKind.BUILD_ERROR, message=str(err))
+        if outcome.failure is None:
+            self._delete_build_dir(keep=False)
+        printed = self.services.store.print
+        return OutputsRegistered(
+            failure=outcome.failure, message=outcome.message,
+            built_outputs={name: printed(path) for name, path in outcome.built_outputs.items()},
+            is_non_deterministic=outcome.is_non_deterministic,
+            more_rounds=outcome.failure is None and state.cur_round < state.nr_rounds)
+
+    def _delete_build_dir(self, keep: bool) -> None:
+        from .start_builder import delete_build_dir
+
+        if self.plan is None:
+            return
+        plan, self.plan = self.plan, None
+        note = delete_build_dir(plan, keep=keep)
+        if note:
+            self._say(note)
+
+    def _kill_build(self) -> None:
+        if self.build_id is not None:
+            self.services.runner.kill(self.build_id)
+            self.build_id = None
+
+    # -- CA derivations --------------------------------------------------------------------
+
+    def _resolve_and_build(self) -> None:
+        """inputsRealised for CA: write the resolved derivation and wait for its goal."""
+        store = self.services.store
+        drv = self.state.drv
+        assert isinstance(drv, Derivation)
+
+        def input_output_path(input_drv: StorePath, output: str) -> StorePath | None:
+            return self.services.reader.query_partial_derivation_output_map(input_drv).get(output)
+
+        resolved = try_resolve(store.store_dir, drv, input_output_path)
+        if resolved is None:
+            raise StoreError(f"derivation '{self.ctx.printed_drv_path}' cannot be resolved")
+        # writeDerivation of the resolved BasicDerivation: a Derivation without inputDrvs
+        resolved_drv = Derivation(name=resolved.name, outputs=resolved.outputs, input_srcs=resolved.input_srcs,
+                                  platform=resolved.platform, builder=resolved.builder, args=resolved.args,
+                                  env=resolved.env)
+        path = write_derivation(store, resolved_drv)
+        self.resolved_drv_path = path
+        self._say(f"resolved derivation: '{self.ctx.printed_drv_path}' -> '{store.print(path)}'")
+        self.worker_ref.tell(AddWaitee(
+            waiter=self.goal_id, resolved=True,
+            want=WantDerivation(drv_path=path, wanted_outputs=frozenset(self.state.wanted_outputs),
+                                build_mode=self.state.build_mode)))
+
+    def _register_resolved_realisations(self, wanted: frozenset[str]) -> None:
+        """resolvedFinished: the resolved drv's realisations, registered for the original's ids too."""
+        store, reader = self.services.store, self.services.reader
+        assert self.resolved_drv_path is not None and self.state.drv is not None
+        resolved = store.read_derivation(self.resolved_drv_path)
+        resolved_hashes = static_output_hashes(store.store_dir, resolved, store.read_derivation,
+                                               store._drv_hash_cache)
+        for name in sorted(wanted or resolved.outputs):
+            out_path = reader.query_realisation(resolved_hashes[name], name)
+            if out_path is None:
+                raise StoreError(f"resolved derivation '{store.print(self.resolved_drv_path)}' did not realise "
+                                 f"output '{name}'")
+            original = self.state.initial_outputs[name].output_hash
+            self.services.store_ref.ask(RegisterDrvOutput(
+                realisation=Realisation(id=DrvOutput(original, name), out_path=out_path)))
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def _finish(self, finished: Finished) -> None:
+        if finished.exit_code is not ExitCode.SUCCESS:
+            self._delete_build_dir(keep=bool(self.services.settings.get("keep-failed")))
+        self.worker_ref.tell(GoalFinished(goal=self.goal_id, finished=finished))
+        self.stop()
+
+    def _cancel(self) -> None:
+        """Nobody waits for this goal any more (~DerivationGoal): kill the builder, keep nothing locked."""
+        self._kill_build()
+        self.ctx.unlock_outputs(delete=False)
+        self._delete_build_dir(keep=bool(self.services.settings.get("keep-failed")))
+        self.stop()

@@ -1,0 +1,99 @@
+"""The embedding API: one long-lived build engine per store.
+
+    engine = Engine(store, settings)
+    realised = engine.realise([DerivedPath(drv_path, frozenset())], observer=print)
+    ...
+    engine.close()
+
+An `Engine` owns a store actor (the one writer of the database), a Worker
+actor with its goal actors, and a build runner (one thread and one spawner
+process). `realise` may be called from many threads at once; requests share
+goals, so a derivation wanted by two callers is built once. Observers are
+called on the engine's threads with `Message`, `LogLine` and `Progress`
+events; keep them quick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from goalkeeper.store.local import LocalStore
+from goalkeeper.store.paths import StorePath
+from goalkeeper.store.settings import Settings
+
+from .derivation_goal_state import BuildMode
+from .goal_context import StoreReader
+from .query_missing import Missing, query_missing
+from .store_actor import start_store_actor
+from .worker import GoalServices, WorkerActor, stop_worker
+from .worker_messages import BuildLogLine, DerivedPath, Realise, Realised
+
+__all__ = ["Engine", "DerivedPath", "Realised", "Missing", "BuildMode"]
+
+
+class Engine:
+    """A build engine on one local store.
+
+    Args:
+        store: an open LocalStore; the engine does not close it.
+        settings: read when goals are created (max-jobs when the engine starts).
+        substituters: objects with the `Substituter` interface, in priority order.
+    """
+
+    def __init__(self, store: LocalStore, settings: Settings, *, substituters: Sequence = (),
+                 poll_interval: float | None = None):
+        from .build_runner import BuildRunner
+
+        self.store = store
+        self.settings = settings
+        self._closed = False
+        self._store_ref = start_store_actor(store)
+        self._reader = StoreReader(store)
+        self._runner = BuildRunner(log_dir=store.config.log_dir, settings=settings, on_log_line=self._on_log_line)
+        self._runner.start()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.get("max-jobs")) or 1),
+                                        thread_name_prefix="goalkeeper-substitute")
+        services = GoalServices(store=store, reader=self._reader, settings=settings, store_ref=self._store_ref,
+                                runner=self._runner, substituters=tuple(substituters),
+                                substitution_pool=self._pool)
+        kwargs = {} if poll_interval is None else {"poll_interval": poll_interval}
+        self._worker_ref = WorkerActor.start(services, **kwargs)
+
+    def realise(self, targets: Sequence[DerivedPath], *, build_mode: BuildMode = BuildMode.Normal,
+                keep_going: bool | None = None,
+                observer: Callable[[object], None] | None = None) -> Realised:
+        """`Store::buildPaths`: build or substitute `targets`; returns when all ended (or one
+        failed without keep-going)."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
+        if keep_going is None:
+            keep_going = bool(self.settings.get("keep-going"))
+        done: Future = Future()
+        self._worker_ref.tell(Realise(targets=tuple(targets), build_mode=build_mode, keep_going=keep_going,
+                                      observer=observer, done=done))
+        return done.result()
+
+    def query_missing(self, targets: Sequence[DerivedPath]) -> Missing:
+        return query_missing(self._reader, list(targets))
+
+    def close(self) -> None:
+        """Stop every goal (killing their builds) and the engine's actors and threads."""
+        if self._closed:
+            return
+        self._closed = True
+        stop_worker(self._worker_ref)
+        self._runner.stop()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._store_ref.stop()
+        self._reader.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _on_log_line(self, drv_path: StorePath, line: str) -> None:
+        # On the runner's thread: the worker knows which requests the build serves.
+        self._worker_ref.tell(BuildLogLine(drv_path=drv_path, line=line))

@@ -1,0 +1,350 @@
+"""The Worker's bookkeeping (Nix's `Worker`), without threads: goals, waitees, slots, requests.
+
+One goal per derivation and one per substituted path, however many goals want
+them (`makeDerivationGoal`, `makePathSubstitutionGoal`); the edges between
+waiters and waitees; build slots granted in the order of the seed's goal
+`key()`; and the requests of callers (`Store::buildPaths`), each with its top
+goals and its failure flags. A long-lived engine serves many requests at once,
+so where Nix has one worker per `buildPaths` call, here a request's
+cancellation (a failure without keep-going: `topGoals.clear()`) stops only the
+goals no other request still needs: goals are kept alive by reachability from
+live top goals, as Nix keeps them by shared pointers.
+
+Everything that leaves this class goes through three injected functions:
+`start_goal` (make an actor), `send` (tell a goal) and `notify` (an observer).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from goalkeeper.store.paths import StoreDir, StorePath
+
+from .derivation_goal_state import (BuildMode, Finished, ResolvedFinished, Wake, WaiteeDone, WantDerivation,
+                                    WantSubstitution)
+from .results import BuildResult, ExitCode, FailureFlags, FailureKind, Status
+from .worker_messages import AddWantedOutputs, Cancel, DerivedPath, Message, Progress, Realised
+
+NO_BUILD_SLOTS = ("unable to start any build; either increase '--max-jobs' or enable remote builds.\n"
+                  "https://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
+
+
+@dataclass(eq=False, slots=True)
+class GoalRecord:
+    id: int
+    kind: str  # "drv" or "subst"
+    path: StorePath
+    key: str
+    keep_going: bool
+    ref: Any = None
+    waiters: list[tuple[int, bool]] = field(default_factory=list)  # (waiter id, resolved)
+    waitees: set[int] = field(default_factory=set)
+    requests: frozenset[int] = frozenset()
+    top_of: set[int] = field(default_factory=set)
+    finished: Finished | None = None
+
+
+@dataclass(eq=False, slots=True)
+class RequestRecord:
+    id: int
+    targets: tuple[DerivedPath, ...]
+    build_mode: BuildMode
+    keep_going: bool
+    observer: Callable[[object], None] | None
+    on_done: Callable[[Realised], None]
+    top: list[tuple[DerivedPath, GoalRecord]] = field(default_factory=list)
+    flags: FailureFlags = field(default_factory=FailureFlags)
+
+
+class Scheduler:
+    def __init__(self, store_dir: StoreDir, max_jobs: int, *,
+                 start_goal: Callable[[GoalRecord, Any], Any],
+                 send: Callable[[GoalRecord, object], None],
+                 notify: Callable[[Callable[[object], None], object], None]):
+        self.store_dir = store_dir
+        self.max_jobs = max_jobs
+        self._start_goal = start_goal
+        self._send = send
+        self._notify = notify
+        self._ids = itertools.count(1)
+        self.goals: dict[int, GoalRecord] = {}
+        self.derivation_goals: dict[StorePath, GoalRecord] = {}
+        self.substitution_goals: dict[StorePath, GoalRecord] = {}
+        self.requests: dict[int, RequestRecord] = {}
+        self.running: set[int] = set()  # goals holding a build slot
+        self.started: set[int] = set()  # derivation goals whose builder runs (progress)
+        self._wanting_slot: list[tuple[str, int]] = []  # heap by key()
+        self.expected_builds = self.done_builds = self.failed_builds = self.running_builds = 0
+
+    # -- requests ------------------------------------------------------------------------
+
+    def realise(self, targets, build_mode: BuildMode, keep_going: bool, observer, on_done) -> None:
+        request = RequestRecord(next(self._ids), tuple(targets), build_mode, keep_going, observer, on_done)
+        self.requests[request.id] = request
+        mine = frozenset({request.id})
+        for target in request.targets:
+            if target.is_built:
+                goal = self._derivation_goal(target.path, target.outputs, build_mode, keep_going, mine)
+            else:
+                goal = self._substitution_goal(target.path, build_mode is BuildMode.Repair, None, keep_going, mine)
+            goal.top_of.add(request.id)
+            request.top.append((target, goal))
+        if not request.top:
+            self._finish_request(request)
+
+    def _finish_request(self, request: RequestRecord) -> None:
+        """The end of `Store::buildPaths`: results, the error it would throw, the exit status."""
+        if self.requests.pop(request.id, None) is None:
+            return
+        results: dict[DerivedPath, BuildResult] = {}
+        failed: set[str] = set()
+        errors: list[str] = []
+        seen: set[int] = set()
+        for target, goal in sorted(request.top, key=lambda tg: tg[1].key):
+            goal.top_of.discard(request.id)
+            finished = goal.finished
+            # A top goal cut short (no keep-going) is still busy: Nix counts it as failed.
+            results[target] = finished.result if finished is not None else BuildResult(status=Status.MiscFailure)
+            if finished is not None and finished.exit_code is ExitCode.SUCCESS:
+                continue
+            failed.add(self.store_dir.print(goal.path))
+            if finished is not None and goal.kind == "drv" and goal.id not in seen:
+                errors.append(finished.result.error_msg)
+            seen.add(goal.id)
+        error = None
+        if failed:
+            if len(failed) == 1 and errors:
+                error = errors[0]
+            else:
+                for message in errors:
+                    self._tell_observer(request, Message(text=f"error: {message}"))
+                error = "build of " + ", ".join(f"'{p}'" for p in sorted(failed)) + " failed"
+            for message in errors[1:] if len(failed) == 1 else ():
+                self._tell_observer(request, Message(text=f"error: {message}"))
+        realised = Realised(results=results, exit_status=request.flags.exit_status() if failed else 0, error=error)
+        self._collect_garbage()
+        request.on_done(realised)
+
+    def abort_all(self, error: str) -> None:
+        """Stop everything (the engine is closing): every request ends with `error`."""
+        for request in list(self.requests.values()):
+            self.requests.pop(request.id)
+            request.on_done(Realised(results={}, exit_status=1, error=error))
+        self._collect_garbage()
+
+    # -- goals ---------------------------------------------------------------------------
+
+    def _derivation_goal(self, drv_path: StorePath, outputs, build_mode, keep_going, requests) -> GoalRecord:
+        goal = self.derivation_goals.get(drv_path)
+        if goal is not None:
+            self._send(goal, AddWantedOutputs(outputs=frozenset(outputs or ())))
+            self._add_requests(goal, requests)
+            return goal
+        printed = self.store_dir.print(drv_path)
+        goal = GoalRecord(next(self._ids), "drv", drv_path, f"b${drv_path.name}${printed}", keep_going,
+                          requests=requests)
+        self.goals[goal.id] = goal
+        self.derivation_goals[drv_path] = goal
+        goal.ref = self._start_goal(goal, (frozenset(outputs or ()), build_mode))
+        self._send(goal, Wake())
+        return goal
+
+    def _substitution_goal(self, path: StorePath, repair: bool, ca, keep_going, requests) -> GoalRecord:
+        goal = self.substitution_goals.get(path)
+        if goal is not None:
+            self._add_requests(goal, requests)
+            return goal
+        printed = self.store_dir.print(path)
+        goal = GoalRecord(next(self._ids), "subst", path, f"a${path.name}${printed}", keep_going,
+                          requests=requests)
+        self.goals[goal.id] = goal
+        self.substitution_goals[path] = goal
+        goal.ref = self._start_goal(goal, (repair, ca))
+        self._send(goal, Wake())
+        return goal
+
+    def _add_requests(self, goal: GoalRecord, requests: frozenset[int]) -> None:
+        todo = [goal]
+        while todo:
+            g = todo.pop()
+            if requests <= g.requests:
+                continue
+            g.requests = g.requests | requests
+            todo.extend(self.goals[w] for w in g.waitees if w in self.goals)
+
+    def add_waitee(self, waiter_id: int, want: WantDerivation | WantSubstitution, resolved: bool) -> None:
+        waiter = self.goals.get(waiter_id)
+        if waiter is None:
+            return  # cancelled while the message was on its way
+        if isinstance(want, WantDerivation):
+            goal = self._derivation_goal(want.drv_path, want.wanted_outputs, want.build_mode, waiter.keep_going,
+                                         waiter.requests)
+        else:
+            goal = self._substitution_goal(want.path, want.repair, want.ca, waiter.keep_going, waiter.requests)
+        goal.waiters.append((waiter.id, resolved))
+        waiter.waitees.add(goal.id)
+
+    def goal_finished(self, goal_id: int, finished: Finished) -> None:
+        """`Goal::amDone` and `Worker::removeGoal`."""
+        goal = self.goals.pop(goal_id, None)
+        if goal is None:
+            return
+        goal.finished = finished
+        self._forget(goal)
+        result = finished.result
+        if goal.kind == "drv":
+            if result.success:
+                if result.status is Status.Built:
+                    self.done_builds += 1
+            elif result.status is not Status.DependencyFailed:
+                self.failed_builds += 1
+        for request in self._requests_of(goal):
+            flags = request.flags
+            if result.status is Status.TimedOut:
+                flags.timed_out = True
+            if result.status is Status.PermanentFailure:
+                flags.permanent_failure = True
+            if finished.failure is FailureKind.HASH_MISMATCH:
+                flags.hash_mismatch = True
+            if finished.failure is FailureKind.NOT_DETERMINISTIC:
+                flags.check_mismatch = True
+        live_waiters = [(self.goals[w], r) for w, r in goal.waiters if w in self.goals]
+        if goal.kind == "drv" and not result.success and live_waiters:
+            # amDone: a goal with waiters logs its error now; a top goal's is thrown at the end
+            self._say(goal, f"error: {result.error_msg}")
+        cut_short = False
+        for waiter, resolved in live_waiters:
+            waiter.waitees.discard(goal.id)
+            self._send(waiter, ResolvedFinished(exit_code=finished.exit_code) if resolved
+                       else WaiteeDone(exit_code=finished.exit_code))
+            if finished.exit_code is ExitCode.FAILED and not waiter.keep_going:
+                # waiteeDone without keep-going: the waiter drops its other waitees
+                for other_id in waiter.waitees:
+                    other = self.goals.get(other_id)
+                    if other is not None:
+                        other.waiters = [(w, r) for w, r in other.waiters if w != waiter.id]
+                waiter.waitees.clear()
+                cut_short = True
+        goal.waiters.clear()
+        for request_id in sorted(goal.top_of):
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if finished.exit_code is not ExitCode.SUCCESS and not request.keep_going:
+                self._finish_request(request)  # topGoals.clear()
+            elif all(g.finished is not None for _, g in request.top):
+                self._finish_request(request)
+        if cut_short:
+            self._collect_garbage()
+        self._progress(goal)
+
+    def goal_started(self, goal_id: int, message: str) -> None:
+        goal = self.goals.get(goal_id)
+        if goal is None:
+            return
+        if goal.kind == "drv":
+            self.started.add(goal_id)
+            self.running_builds = len(self.started)
+        self._say(goal, message)
+        self._progress(goal)
+
+    def goal_said(self, goal_id: int, message: str) -> None:
+        goal = self.goals.get(goal_id)
+        if goal is not None:
+            self._say(goal, message)
+
+    def _forget(self, goal: GoalRecord) -> None:
+        table = self.derivation_goals if goal.kind == "drv" else self.substitution_goals
+        if table.get(goal.path) is goal:
+            del table[goal.path]
+        if goal.id in self.running:
+            self.release_build_slot(goal.id)
+
+    def _collect_garbage(self) -> None:
+        """Cancel the goals no live top goal needs any more (Nix: their last shared pointer went)."""
+        live: set[int] = set()
+        todo = [g.id for r in self.requests.values() for _, g in r.top if g.id in self.goals]
+        while todo:
+            gid = todo.pop()
+            if gid in live:
+                continue
+            live.add(gid)
+            todo.extend(w for w in self.goals[gid].waitees if w in self.goals)
+        for gid in [g for g in self.goals if g not in live]:
+            goal = self.goals.pop(gid)
+            self._forget(goal)
+            self._send(goal, Cancel())
+
+    # -- build slots ---------------------------------------------------------------------
+
+    def request_build_slot(self, goal_id: int) -> None:
+        goal = self.goals.get(goal_id)
+        if goal is None:
+            return
+        # Substitutions may run even with max-jobs = 0 (they cannot go to a remote builder).
+        limit = self.max_jobs if goal.kind == "drv" else max(1, self.max_jobs)
+        if limit == 0:
+            for request in self._requests_of(goal):
+                self._fail_request(request, NO_BUILD_SLOTS)
+            return
+        if goal.kind == "drv":
+            self.expected_builds += 1
+        if len(self.running) < limit and not self._wanting_slot:
+            self.running.add(goal_id)
+            self._send(goal, Wake())
+            return
+        heapq.heappush(self._wanting_slot, (goal.key, goal_id))
+        self._grant_slots()
+
+    def release_build_slot(self, goal_id: int) -> None:
+        self.running.discard(goal_id)
+        self.started.discard(goal_id)
+        self.running_builds = len(self.started)
+        self._grant_slots()
+
+    def _grant_slots(self) -> None:
+        while self._wanting_slot and len(self.running) < max(1, self.max_jobs):
+            _, goal_id = heapq.heappop(self._wanting_slot)
+            goal = self.goals.get(goal_id)
+            if goal is None:
+                continue
+            if goal.kind == "drv" and len(self.running) >= self.max_jobs:
+                heapq.heappush(self._wanting_slot, (goal.key, goal_id))
+                return
+            self.running.add(goal_id)
+            self._send(goal, Wake())
+
+    def _fail_request(self, request: RequestRecord, error: str) -> None:
+        """An error thrown out of `Worker::run`: the request ends with it, exit status 1."""
+        if self.requests.pop(request.id, None) is None:
+            return
+        for _, goal in request.top:
+            goal.top_of.discard(request.id)
+        self._collect_garbage()
+        request.on_done(Realised(results={}, exit_status=1, error=error))
+
+    # -- observers -----------------------------------------------------------------------
+
+    def _requests_of(self, goal: GoalRecord) -> list[RequestRecord]:
+        return [self.requests[r] for r in goal.requests if r in self.requests]
+
+    def observers_of(self, goal: GoalRecord) -> list:
+        return [r.observer for r in self._requests_of(goal) if r.observer is not None]
+
+    def _tell_observer(self, request: RequestRecord, event: object) -> None:
+        if request.observer is not None:
+            self._notify(request.observer, event)
+
+    def _say(self, goal: GoalRecord, text: str) -> None:
+        for observer in self.observers_of(goal):
+            self._notify(observer, Message(text=text))
+
+    def _progress(self, goal: GoalRecord) -> None:
+        event = Progress(expected_builds=self.expected_builds, running_builds=self.running_builds,
+                         done_builds=self.done_builds, failed_builds=self.failed_builds)
+        for observer in self.observers_of(goal):
+            self._notify(observer, event)

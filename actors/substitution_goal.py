@@ -1,0 +1,99 @@
+"""The SubstitutionGoal actor: `SubstitutionGoalState` plus its effects.
+
+Copying a path from a substituter runs on the engine's substitution pool (Nix
+runs it on a thread of its own), so this actor's thread never waits on the
+network; the copy's outcome comes back as a `SubstitutionFinished` message.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+import pykka
+
+from goalkeeper.store.content_address import ContentAddress
+from goalkeeper.store.errors import StoreError
+from goalkeeper.store.paths import StorePath
+
+from .derivation_goal_state import Finished, PrintError, Wake, WaitForBuildSlot, WakeUp, WantSubstitution
+from .goal_context import LocalSubstitutionContext
+from .results import BuildResult, ExitCode, Status
+from .substitution_goal_state import RunSubstitution, SubstitutionFinished, SubstitutionGoalState, Warn
+from .worker import GoalServices
+from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalSaid, ReleaseBuildSlot,
+                              RequestBuildSlot)
+
+logger = logging.getLogger(__name__)
+
+
+class SubstitutionGoalActor(pykka.ThreadingActor):
+    def __init__(self, goal_id: int, path: StorePath, repair: bool, ca: ContentAddress | None, keep_going: bool,
+                 services: GoalServices, worker_ref: pykka.ActorRef):
+        super().__init__()
+        self.goal_id = goal_id
+        self.services = services
+        self.worker_ref = worker_ref
+        ctx = LocalSubstitutionContext(services.reader, services.settings, services.substituters,
+                                       keep_going=keep_going)
+        self.state = SubstitutionGoalState(path, repair, ca, ctx)
+        self._cancelled = False
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case Cancel():
+                self._cancelled = True
+                self.stop()
+            case AddWantedOutputs():
+                pass  # only derivation goals have outputs
+            case _:
+                if isinstance(message, SubstitutionFinished):
+                    self.worker_ref.tell(ReleaseBuildSlot(goal=self.goal_id))
+                self._handle(message)
+
+    def on_failure(self, exc_type, exc_value, tb) -> None:
+        logger.error("substitution goal crashed:\n%s", "".join(traceback.format_exception(exc_type, exc_value, tb)))
+        result = BuildResult(status=Status.MiscFailure, error_msg=f"internal error: {exc_value}")
+        self.worker_ref.tell(GoalFinished(goal=self.goal_id,
+                                          finished=Finished(exit_code=ExitCode.FAILED, result=result)))
+
+    def _handle(self, event) -> None:
+        pending = [event]
+        while pending:
+            for effect in self.state.handle(pending.pop(0)):
+                match effect:
+                    case WantSubstitution():
+                        self.worker_ref.tell(AddWaitee(waiter=self.goal_id, want=effect))
+                    case WakeUp():
+                        pending.append(Wake())
+                    case WaitForBuildSlot():
+                        self.worker_ref.tell(RequestBuildSlot(goal=self.goal_id))
+                    case RunSubstitution():
+                        self._run(effect)
+                    case PrintError(message=message):
+                        self.worker_ref.tell(GoalSaid(goal=self.goal_id, message=message))
+                    case Warn(message=message):
+                        self.worker_ref.tell(GoalSaid(goal=self.goal_id, message=f"warning: {message}"))
+                    case Finished():
+                        self.worker_ref.tell(GoalFinished(goal=self.goal_id, finished=effect))
+                        self.stop()
+                    case _:
+                        raise TypeError(f"unexpected effect {effect!r}")
+
+    def _run(self, effect: RunSubstitution) -> None:
+        me = self.actor_ref
+        pool = self.services.substitution_pool
+
+        def copy() -> None:
+            try:
+                effect.substituter.copy_path(effect.sub_path, effect.info, effect.repair, effect.check_sigs)
+            except StoreError as err:
+                me.tell(SubstitutionFinished(error=err))
+            except Exception as err:  # a bug in a substituter: fail this substitution, say why
+                logger.exception("substituter %s failed", effect.substituter.uri)
+                me.tell(SubstitutionFinished(error=StoreError(f"internal error: {err}")))
+            else:
+                me.tell(SubstitutionFinished())
+
+        pool.submit(copy)

@@ -1,0 +1,136 @@
+"""The Worker supervisor actor: a thin shell around `Scheduler`.
+
+It starts goal actors, forwards their requests (waitees, build slots, polls)
+to the scheduler and the scheduler's messages back to them, and calls the
+callers' observers. It never blocks: everything slow happens in goal actors,
+the build runner or the store actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from goalkeeper.store.local import LocalStore
+from goalkeeper.store.settings import Settings
+
+from .goal_context import StoreReader
+from .scheduler import GoalRecord, Scheduler
+from .worker_messages import (AddWaitee, BuildLogLine, GoalFinished, LogLine, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
+                              RequestBuildSlot, WaitAWhile)
+from .derivation_goal_state import Wake
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 5.0  # Nix's settings.pollInterval: how long a goal waits for a lock before retrying
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoalServices:
+    """What every goal actor shares: the store, its reader and actor, settings, the build runner."""
+
+    store: LocalStore
+    reader: StoreReader
+    settings: Settings
+    store_ref: Any  # pykka.ActorRef of the StoreActor
+    runner: Any  # BuildRunner
+    substituters: tuple = ()
+    substitution_pool: Any = None  # concurrent.futures.Executor for substitutions' copies
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Stop:
+    error: str
+
+
+class WorkerActor(pykka.ThreadingActor):
+    def __init__(self, services: GoalServices, *, poll_interval: float = POLL_INTERVAL_S):
+        super().__init__()
+        self.services = services
+        self.poll_interval = poll_interval
+        max_jobs = services.settings.get("max-jobs")
+        self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), start_goal=self._start_goal,
+                                   send=self._send, notify=self._notify)
+        self._timers: set[threading.Timer] = set()
+
+    def _start_goal(self, goal: GoalRecord, params) -> pykka.ActorRef:
+        # Imported here: the goal modules import this one for GoalServices.
+        from .derivation_goal import DerivationGoalActor
+        from .substitution_goal import SubstitutionGoalActor
+
+        if goal.kind == "drv":
+            wanted, build_mode = params
+            return DerivationGoalActor.start(goal.id, goal.path, wanted, build_mode, goal.keep_going,
+                                             self.services, self.actor_ref)
+        repair, ca = params
+        return SubstitutionGoalActor.start(goal.id, goal.path, repair, ca, goal.keep_going,
+                                           self.services, self.actor_ref)
+
+    @staticmethod
+    def _send(goal: GoalRecord, message: object) -> None:
+        goal.ref.tell(message)
+
+    @staticmethod
+    def _notify(observer, event) -> None:
+        try:
+            observer(event)
+        except Exception:  # an observer's bug must not stop the engine
+            logger.exception("observer failed on %r", event)
+
+    def on_receive(self, message: Any) -> Any:
+        s = self.scheduler
+        match message:
+            case AddWaitee(waiter=waiter, want=want, resolved=resolved):
+                s.add_waitee(waiter, want, resolved)
+            case RequestBuildSlot(goal=goal):
+                s.request_build_slot(goal)
+            case ReleaseBuildSlot(goal=goal):
+                s.release_build_slot(goal)
+            case GoalStarted(goal=goal, message=text):
+                s.goal_started(goal, text)
+            case GoalSaid(goal=goal, message=text):
+                s.goal_said(goal, text)
+            case GoalFinished(goal=goal, finished=finished):
+                s.goal_finished(goal, finished)
+            case WaitAWhile(goal=goal):
+                self._wait_a_while(goal)
+            case Realise():
+                s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
+                          message.done.set_result)
+            case BuildLogLine(drv_path=drv_path, line=line):
+                goal = s.derivation_goals.get(drv_path)
+                if goal is not None:
+                    event = LogLine(drv_path=drv_path, line=line)
+                    for observer in s.observers_of(goal):
+                        self._notify(observer, event)
+            case _Stop(error=error):
+                s.abort_all(error)
+            case _:
+                raise TypeError(f"WorkerActor cannot handle {type(message).__name__}")
+
+    def _wait_a_while(self, goal_id: int) -> None:
+        goal = self.scheduler.goals.get(goal_id)
+        if goal is None:
+            return
+        timer = threading.Timer(self.poll_interval, lambda: (goal.ref.tell(Wake()), self._timers.discard(timer)))
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
+
+    def on_stop(self) -> None:
+        for timer in list(self._timers):
+            timer.cancel()
+        self.scheduler.abort_all("the build engine was stopped")
+
+
+def stop_worker(worker_ref: pykka.ActorRef) -> None:
+    """End every request with an error, cancel every goal, and stop the worker."""
+    try:
+        worker_ref.ask(_Stop(error="the build engine was stopped"))
+        worker_ref.stop()
+    except pykka.ActorDeadError:
+        pass

@@ -1,0 +1,163 @@
+"""Messages between the Worker actor, the goal actors and the engine.
+
+Commands are imperative, events past tense; all are frozen, so Pykka can pass
+them by reference between threads. A goal names itself by the id the worker
+gave it, so a message from a goal the worker already cancelled is recognised
+and dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from goalkeeper.store.paths import StorePath
+
+from .derivation_goal_state import BuildMode, Finished, WantDerivation, WantSubstitution
+from .results import BuildResult
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedPath:
+    """Nix's `DerivedPath`: an opaque store path, or outputs of a derivation.
+
+    `outputs` is None for an opaque path; an empty set means every output.
+    """
+
+    path: StorePath
+    outputs: frozenset[str] | None = None
+
+    @property
+    def is_built(self) -> bool:
+        return self.outputs is not None
+
+
+# -- to the worker -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Realise:
+    """`Store::buildPaths` for one caller: `done` gets the `Realised` when every top goal ended."""
+
+    targets: tuple[DerivedPath, ...]
+    build_mode: BuildMode
+    keep_going: bool
+    observer: Callable[[object], None] | None
+    done: Future
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddWaitee:
+    """A goal waits for another goal (made or found by the worker); `resolved`: the CA resolved
+    derivation of the waiter, answered with `ResolvedFinished` instead of `WaiteeDone`."""
+
+    waiter: int
+    want: WantDerivation | WantSubstitution
+    resolved: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestBuildSlot:
+    goal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseBuildSlot:
+    goal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitAWhile:
+    goal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoalStarted:
+    """A build (or substitution) started: its message for the user and the running counter."""
+
+    goal: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoalSaid:
+    """A line for the user from a goal (printError, warnings, the keep-failed note)."""
+
+    goal: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoalFinished:
+    goal: int
+    finished: Finished
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildLogLine:
+    """A line of a builder's output, from the build runner's thread."""
+
+    drv_path: StorePath
+    line: str
+
+
+# -- to goals ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddWantedOutputs:
+    outputs: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    """Nobody needs this goal any more: kill its build, release its locks, stop."""
+
+
+# -- to observers (the engine's callers) ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """A line for the user's terminal, as nix-store prints it on stderr."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogLine:
+    """A line of a builder's output."""
+
+    drv_path: StorePath
+    line: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Progress:
+    """The worker's counters after a change (Nix's `updateProgress`)."""
+
+    expected_builds: int
+    running_builds: int
+    done_builds: int
+    failed_builds: int
+
+
+EngineEvent = Message | LogLine | Progress
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Realised:
+    """What one `Realise` came to, as `Store::buildPaths` and `nix-store -r` report it.
+
+    `error` is the message Nix would throw (printed after "error: "), None on success;
+    `exit_status` is `Worker::exitStatus()` when something failed, else 0.
+    """
+
+    results: dict[DerivedPath, BuildResult]
+    exit_status: int
+    error: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.error is None
