@@ -1,0 +1,219 @@
+"""The Worker's bookkeeping without threads: goal sharing, waitees, slots, requests, cancellation."""
+
+from __future__ import annotations
+
+import pytest
+
+from goalkeeper.actors.derivation_goal_state import (BuildMode, Finished, ResolvedFinished, Wake, WaiteeDone,
+                                                     WantDerivation, WantSubstitution)
+from goalkeeper.actors.results import BuildResult, ExitCode, FailureKind, Status
+from goalkeeper.actors.scheduler import NO_BUILD_SLOTS, Scheduler
+from goalkeeper.actors.worker_messages import AddWantedOutputs, Cancel, DerivedPath, Message
+from goalkeeper.store.paths import StoreDir, StorePath
+
+pytestmark = pytest.mark.timeout(10)
+
+SD = StoreDir("/nix/store")
+
+
+def _hash(name: str, filler: str) -> str:
+    # a distinct, valid base-32 hash part per name
+    return (filler * 32 + "".join(c for c in name if c in "0123456789abcdfghijklmnpqrsvwxyz"))[-32:]
+
+
+def drv(name: str) -> StorePath:
+    return StorePath(_hash(name, "a") + f"-{name}.drv")
+
+
+def path(name: str) -> StorePath:
+    return StorePath(_hash(name, "b") + f"-{name}")
+
+
+class Harness:
+    def __init__(self, max_jobs: int = 1):
+        self.sent: list[tuple[int, object]] = []
+        self.events: list[object] = []
+        self.results = []
+        self.s = Scheduler(SD, max_jobs, start_goal=lambda g, p: g.id, send=lambda g, m: self.sent.append((g.id, m)),
+                           notify=lambda obs, ev: obs(ev))
+
+    def realise(self, *targets, keep_going=False):
+        self.s.realise(targets, BuildMode.Normal, keep_going, self.events.append, self.results.append)
+
+    def goal(self, p: StorePath):
+        return self.s.derivation_goals.get(p) or self.s.substitution_goals.get(p)
+
+    def to(self, gid: int) -> list[object]:
+        return [m for g, m in self.sent if g == gid]
+
+    def finish(self, gid: int, status: Status, msg: str = "", failure=None):
+        code = ExitCode.SUCCESS if status.success else (
+            ExitCode.NO_SUBSTITUTERS if status is Status.NoSubstituters else ExitCode.FAILED)
+        self.s.goal_finished(gid, Finished(exit_code=code, result=BuildResult(status=status, error_msg=msg),
+                                           failure=failure))
+
+
+def test_one_goal_per_derivation_however_many_want_it():
+    h = Harness()
+    h.realise(DerivedPath(drv("top"), frozenset()))
+    top = h.goal(drv("top"))
+    assert h.to(top.id) == [Wake()]
+    h.s.add_waitee(top.id, WantDerivation(drv_path=drv("dep"), wanted_outputs=frozenset({"out"}),
+                                          build_mode=BuildMode.Normal), False)
+    h.realise(DerivedPath(drv("dep"), frozenset({"dev"})))
+    dep = h.goal(drv("dep"))
+    assert len(h.s.goals) == 2
+    assert AddWantedOutputs(outputs=frozenset({"dev"})) in h.to(dep.id)
+    assert dep.requests == frozenset(h.s.requests) and len(h.s.requests) == 2
+
+
+def test_waitee_done_goes_to_waiters_and_request_completes():
+    h = Harness()
+    h.realise(DerivedPath(drv("top"), frozenset()))
+    top = h.goal(drv("top"))
+    h.s.add_waitee(top.id, WantSubstitution(path=path("src")), False)
+    src = h.goal(path("src"))
+    assert src.key.startswith("a$src$/nix/store/")
+    h.finish(src.id, Status.NoSubstituters)
+    assert h.to(top.id)[-1] == WaiteeDone(exit_code=ExitCode.NO_SUBSTITUTERS)
+    assert not h.results
+    h.finish(top.id, Status.Built)
+    [realised] = h.results
+    assert realised.exit_status == 0 and realised.error is None
+    assert realised.results[DerivedPath(drv("top"), frozenset())].status is Status.Built
+
+
+def test_resolved_waitee_gets_resolved_finished():
+    h = Harness()
+    h.realise(DerivedPath(drv("ca"), frozenset()))
+    ca = h.goal(drv("ca"))
+    h.s.add_waitee(ca.id, WantDerivation(drv_path=drv("res"), wanted_outputs=frozenset(),
+                                         build_mode=BuildMode.Normal), True)
+    h.finish(h.goal(drv("res")).id, Status.Built)
+    assert h.to(ca.id)[-1] == ResolvedFinished(exit_code=ExitCode.SUCCESS)
+
+
+def _graph(h: Harness, keep_going: bool):
+    h.realise(DerivedPath(drv("top"), frozenset()), keep_going=keep_going)
+    top = h.goal(drv("top"))
+    for name in ("bad", "slow"):
+        h.s.add_waitee(top.id, WantDerivation(drv_path=drv(name), wanted_outputs=frozenset({"out"}),
+                                              build_mode=BuildMode.Normal), False)
+    return top, h.goal(drv("bad")), h.goal(drv("slow"))
+
+
+def test_failure_without_keep_going_cancels_the_rest():
+    h = Harness()
+    top, bad, slow = _graph(h, keep_going=False)
+    h.finish(bad.id, Status.PermanentFailure, "builder for 'x' failed with exit code 1")
+    assert Message(text="error: builder for 'x' failed with exit code 1") in h.events
+    assert h.to(top.id)[-1] == WaiteeDone(exit_code=ExitCode.FAILED)
+    assert Cancel() in h.to(slow.id)  # nobody needs it any more
+    assert slow.id not in h.s.goals
+    h.finish(top.id, Status.DependencyFailed, "1 dependencies of derivation 'top' failed to build")
+    [realised] = h.results
+    assert realised.error == "1 dependencies of derivation 'top' failed to build"
+    assert realised.exit_status == 100
+
+
+def test_failure_with_keep_going_lets_the_others_finish():
+    h = Harness()
+    top, bad, slow = _graph(h, keep_going=True)
+    h.finish(bad.id, Status.PermanentFailure, "boom")
+    assert Cancel() not in h.to(slow.id)
+    h.finish(slow.id, Status.Built)
+    h.finish(top.id, Status.DependencyFailed, "1 dependencies of derivation 'top' failed to build")
+    assert h.results[0].exit_status == 100
+
+
+def test_top_failure_without_keep_going_ends_the_request_at_once():
+    h = Harness()
+    h.realise(DerivedPath(drv("one"), frozenset()), DerivedPath(drv("two"), frozenset()))
+    one, two = h.goal(drv("one")), h.goal(drv("two"))
+    h.finish(one.id, Status.TimedOut, "timed out")
+    [realised] = h.results
+    # the busy top goal counts as failed: "build of … failed", exit 101
+    assert realised.error == f"build of '{SD.print(drv('one'))}', '{SD.print(drv('two'))}' failed"
+    assert realised.exit_status == 101
+    assert Message(text="error: timed out") in h.events
+    assert Cancel() in h.to(two.id)
+
+
+def test_shared_goal_survives_another_requests_cancellation():
+    h = Harness()
+    h.realise(DerivedPath(drv("one"), frozenset()), DerivedPath(drv("shared"), frozenset()))
+    h.realise(DerivedPath(drv("shared"), frozenset()))
+    shared = h.goal(drv("shared"))
+    h.finish(h.goal(drv("one")).id, Status.PermanentFailure, "x")
+    assert len(h.results) == 1
+    assert Cancel() not in h.to(shared.id)
+    h.finish(shared.id, Status.Built)
+    assert h.results[1].exit_status == 0
+
+
+@pytest.mark.parametrize("failure,status,code", [
+    (FailureKind.HASH_MISMATCH, Status.OutputRejected, 102),
+    (FailureKind.NOT_DETERMINISTIC, Status.NotDeterministic, 104),
+    (FailureKind.BUILD_ERROR, Status.OutputRejected, 1),
+])
+def test_exit_status_bits(failure, status, code):
+    h = Harness()
+    h.realise(DerivedPath(drv("x"), frozenset()))
+    h.finish(h.goal(drv("x")).id, status, "m", failure)
+    assert h.results[0].exit_status == code
+    assert h.results[0].error == "m"
+
+
+def test_build_slots_are_granted_in_key_order():
+    h = Harness(max_jobs=1)
+    h.realise(*(DerivedPath(drv(n), frozenset()) for n in ("c", "a", "b")), keep_going=True)
+    ids = {n: h.goal(drv(n)).id for n in "abc"}
+    h.sent.clear()
+    for n in "cab":
+        h.s.request_build_slot(ids[n])
+    assert h.sent == [(ids["c"], Wake())]  # free slot: granted at once
+    h.s.release_build_slot(ids["c"])
+    h.s.release_build_slot(ids["c"])  # twice is harmless
+    assert h.sent[1:] == [(ids["a"], Wake())]
+    h.finish(ids["a"], Status.Built)  # finishing releases the slot
+    assert h.sent[2:] == [(ids["b"], Wake())]
+
+
+def test_no_build_slots_fails_the_request():
+    h = Harness(max_jobs=0)
+    h.realise(DerivedPath(drv("x"), frozenset()))
+    h.s.request_build_slot(h.goal(drv("x")).id)
+    assert h.results[0].error == NO_BUILD_SLOTS and h.results[0].exit_status == 1
+    assert not h.s.goals
+
+
+def test_substitutions_run_even_with_max_jobs_zero():
+    h = Harness(max_jobs=0)
+    h.realise(DerivedPath(path("p")))
+    g = h.goal(path("p"))
+    h.sent.clear()
+    h.s.request_build_slot(g.id)
+    assert h.sent == [(g.id, Wake())]
+
+
+def test_message_from_cancelled_goal_is_ignored():
+    h = Harness()
+    h.s.add_waitee(12345, WantSubstitution(path=path("p")), False)
+    h.s.goal_finished(12345, Finished(exit_code=ExitCode.SUCCESS, result=BuildResult(status=Status.Built)))
+    assert not h.s.goals and not h.results
+
+
+def test_already_valid_opaque_path():
+    h = Harness()
+    h.realise(DerivedPath(path("p")))
+    h.finish(h.goal(path("p")).id, Status.AlreadyValid)
+    assert h.results[0].exit_status == 0
+
+
+def test_missing_opaque_path_fails_with_build_of():
+    h = Harness()
+    h.realise(DerivedPath(path("p")))
+    h.finish(h.goal(path("p")).id, Status.NoSubstituters, "no substituter")
+    # a substitution goal's message is in its result only: Nix throws "build of … failed"
+    assert h.results[0].error == f"build of '{SD.print(path('p'))}' failed"
+    assert h.results[0].exit_status == 1
