@@ -231,13 +231,14 @@ def test_realise_matches_nix(case: Case, tmp_path: Path, run_nix) -> None:
     side.root.rename(tmp_path / "nix-store-was-here")  # same store dir for goalkeeper, fresh state
     gk = realise_with_goalkeeper(side, case)
 
+    ran = f"goalkeeper exited {gk.status} (nix-store: {nix.status}); its stderr:\n{gk.stderr[-4000:]}"
     # The store left behind: same valid paths, NAR hashes, sizes, references, derivers, CA.
-    assert sorted(gk.valid) == sorted(nix.valid)
-    assert gk.valid == nix.valid
-    assert gk.derivation_outputs == nix.derivation_outputs
-    assert gk.realisations == nix.realisations
+    assert sorted(gk.valid) == sorted(nix.valid), ran
+    assert gk.valid == nix.valid, ran
+    assert gk.derivation_outputs == nix.derivation_outputs, ran
+    assert gk.realisations == nix.realisations, ran
     outputs = sorted(p for p in gk.valid if not p.endswith(".drv"))
-    assert nar_hashes(outputs) == {p: gk.valid[p][0] for p in outputs}
+    assert nar_hashes(outputs) == {p: gk.valid[p][0] for p in outputs}, ran
 
     assert gk.status == nix.status, gk.stderr
     assert gk.stdout == nix.stdout
