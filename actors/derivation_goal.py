@@ -55,6 +55,12 @@ class DerivationGoalActor(pykka.ThreadingActor):
 
     # -- messages --------------------------------------------------------------------------
 
+    def _tell_worker(self, message: object) -> None:
+        try:
+            self.worker_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # the engine is shutting down
+
     def on_receive(self, message: Any) -> None:
         match message:
             case AddWantedOutputs(outputs=outputs):
@@ -64,7 +70,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
             case _:
                 if isinstance(message, _BUILD_ENDED):
                     self.build_id = None
-                    self.worker_ref.tell(ReleaseBuildSlot(goal=self.goal_id))
+                    self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
                 self._handle(message)
 
     def on_failure(self, exc_type, exc_value, tb) -> None:
@@ -74,7 +80,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         self._kill_build()
         self.ctx.unlock_outputs(delete=False)
         result = BuildResult(status=Status.MiscFailure, error_msg=f"internal error: {exc_value}")
-        self.worker_ref.tell(GoalFinished(goal=self.goal_id, finished=Finished(exit_code=ExitCode.FAILED,
+        self._tell_worker(GoalFinished(goal=self.goal_id, finished=Finished(exit_code=ExitCode.FAILED,
                                                                                 result=result)))
 
     def _handle(self, event) -> None:
@@ -86,20 +92,20 @@ class DerivationGoalActor(pykka.ThreadingActor):
     def _apply(self, effect, pending: list) -> None:
         match effect:
             case WantDerivation() | WantSubstitution():
-                self.worker_ref.tell(AddWaitee(waiter=self.goal_id, want=effect))
+                self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
             case WakeUp():
                 pending.append(Wake())
             case WaitForBuildSlot():
-                self.worker_ref.tell(RequestBuildSlot(goal=self.goal_id))
+                self._tell_worker(RequestBuildSlot(goal=self.goal_id))
             case WaitForAWhile(reason=reason):
                 if not self._said_waiting:  # Nix keeps one "waiting for lock" activity per goal
                     self._said_waiting = True
-                    self._say(reason)
-                self.worker_ref.tell(WaitAWhile(goal=self.goal_id))
+                    self._say(reason + "...")  # an activity, printed as Nix's logger starts one
+                self._tell_worker(WaitAWhile(goal=self.goal_id))
             case StartBuild():
                 self._start_build(pending)
             case Started(message=message):
-                self.worker_ref.tell(GoalStarted(goal=self.goal_id, message=message))
+                self._tell_worker(GoalStarted(goal=self.goal_id, message=message))
             case RegisterOutputs():
                 pending.append(self._register_outputs())
             case ResolveAndBuild():
@@ -114,7 +120,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 raise TypeError(f"unexpected effect {effect!r}")
 
     def _say(self, message: str) -> None:
-        self.worker_ref.tell(GoalSaid(goal=self.goal_id, message=message))
+        self._tell_worker(GoalSaid(goal=self.goal_id, message=message))
 
     # -- the build -------------------------------------------------------------------------
 
@@ -129,7 +135,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
                 build_mode=state.build_mode, input_paths=state.input_paths)
         except (BuildSetupError, StoreError) as err:
-            self.worker_ref.tell(ReleaseBuildSlot(goal=self.goal_id))
+            self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
             pending.append(BuildSetupFailed(message=getattr(err, "message", None) or str(err)))
             return
         self.build_id = self.services.runner.run_build(
@@ -202,8 +208,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
                                   env=resolved.env)
         path = write_derivation(store, resolved_drv)
         self.resolved_drv_path = path
-        self._say(f"resolved derivation: '{self.ctx.printed_drv_path}' -> '{store.print(path)}'")
-        self.worker_ref.tell(AddWaitee(
+        self._say(f"resolved derivation: '{self.ctx.printed_drv_path}' -> '{store.print(path)}'...")
+        self._tell_worker(AddWaitee(
             waiter=self.goal_id, resolved=True,
             want=WantDerivation(drv_path=path, wanted_outputs=frozenset(self.state.wanted_outputs),
                                 build_mode=self.state.build_mode)))
@@ -229,7 +235,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
     def _finish(self, finished: Finished) -> None:
         if finished.exit_code is not ExitCode.SUCCESS:
             self._delete_build_dir(keep=bool(self.services.settings.get("keep-failed")))
-        self.worker_ref.tell(GoalFinished(goal=self.goal_id, finished=finished))
+        self._tell_worker(GoalFinished(goal=self.goal_id, finished=finished))
         self.stop()
 
     def _cancel(self) -> None:

@@ -174,7 +174,7 @@ class LocalGoalContext:
     # -- output locks ----------------------------------------------------------------------
 
     def try_lock_outputs(self, paths: list[StorePath]) -> bool:
-        if self._output_locks.held():
+        if self._output_locks.held:
             return True
         return self._output_locks.lock_paths([self.store.real_path(p) for p in paths], wait=False)
 

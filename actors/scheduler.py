@@ -61,12 +61,15 @@ class RequestRecord:
 
 
 class Scheduler:
-    def __init__(self, store_dir: StoreDir, max_jobs: int, *,
+    def __init__(self, store_dir: StoreDir, max_jobs: int, *, defer_grants: bool = False,
                  start_goal: Callable[[GoalRecord, Any], Any],
                  send: Callable[[GoalRecord, object], None],
                  notify: Callable[[Callable[[object], None], object], None]):
         self.store_dir = store_dir
         self.max_jobs = max_jobs
+        # The worker grants slots only once its inbox is empty, so that goals woken
+        # together compete in key() order, as in Nix's awake set.
+        self.defer_grants = defer_grants
         self._start_goal = start_goal
         self._send = send
         self._notify = notify
@@ -249,7 +252,7 @@ class Scheduler:
         if goal.kind == "drv":
             self.started.add(goal_id)
             self.running_builds = len(self.started)
-        self._say(goal, message)
+        self._say(goal, message + "...")  # an activity: Nix's logger prints its start with "..."
         self._progress(goal)
 
     def goal_said(self, goal_id: int, message: str) -> None:
@@ -293,20 +296,22 @@ class Scheduler:
             return
         if goal.kind == "drv":
             self.expected_builds += 1
-        if len(self.running) < limit and not self._wanting_slot:
+        if not self.defer_grants and len(self.running) < limit and not self._wanting_slot:
             self.running.add(goal_id)
             self._send(goal, Wake())
             return
         heapq.heappush(self._wanting_slot, (goal.key, goal_id))
-        self._grant_slots()
+        if not self.defer_grants:
+            self.grant_slots()
 
     def release_build_slot(self, goal_id: int) -> None:
         self.running.discard(goal_id)
         self.started.discard(goal_id)
         self.running_builds = len(self.started)
-        self._grant_slots()
+        if not self.defer_grants:
+            self.grant_slots()
 
-    def _grant_slots(self) -> None:
+    def grant_slots(self) -> None:
         while self._wanting_slot and len(self.running) < max(1, self.max_jobs):
             _, goal_id = heapq.heappop(self._wanting_slot)
             goal = self.goals.get(goal_id)

@@ -40,6 +40,12 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
         self.state = SubstitutionGoalState(path, repair, ca, ctx)
         self._cancelled = False
 
+    def _tell_worker(self, message: object) -> None:
+        try:
+            self.worker_ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # the engine is shutting down
+
     def on_receive(self, message: Any) -> None:
         match message:
             case Cancel():
@@ -49,13 +55,13 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
                 pass  # only derivation goals have outputs
             case _:
                 if isinstance(message, SubstitutionFinished):
-                    self.worker_ref.tell(ReleaseBuildSlot(goal=self.goal_id))
+                    self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
                 self._handle(message)
 
     def on_failure(self, exc_type, exc_value, tb) -> None:
         logger.error("substitution goal crashed:\n%s", "".join(traceback.format_exception(exc_type, exc_value, tb)))
         result = BuildResult(status=Status.MiscFailure, error_msg=f"internal error: {exc_value}")
-        self.worker_ref.tell(GoalFinished(goal=self.goal_id,
+        self._tell_worker(GoalFinished(goal=self.goal_id,
                                           finished=Finished(exit_code=ExitCode.FAILED, result=result)))
 
     def _handle(self, event) -> None:
@@ -64,19 +70,19 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
             for effect in self.state.handle(pending.pop(0)):
                 match effect:
                     case WantSubstitution():
-                        self.worker_ref.tell(AddWaitee(waiter=self.goal_id, want=effect))
+                        self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
                     case WakeUp():
                         pending.append(Wake())
                     case WaitForBuildSlot():
-                        self.worker_ref.tell(RequestBuildSlot(goal=self.goal_id))
+                        self._tell_worker(RequestBuildSlot(goal=self.goal_id))
                     case RunSubstitution():
                         self._run(effect)
                     case PrintError(message=message):
-                        self.worker_ref.tell(GoalSaid(goal=self.goal_id, message=message))
+                        self._tell_worker(GoalSaid(goal=self.goal_id, message=message))
                     case Warn(message=message):
-                        self.worker_ref.tell(GoalSaid(goal=self.goal_id, message=f"warning: {message}"))
+                        self._tell_worker(GoalSaid(goal=self.goal_id, message=f"warning: {message}"))
                     case Finished():
-                        self.worker_ref.tell(GoalFinished(goal=self.goal_id, finished=effect))
+                        self._tell_worker(GoalFinished(goal=self.goal_id, finished=effect))
                         self.stop()
                     case _:
                         raise TypeError(f"unexpected effect {effect!r}")

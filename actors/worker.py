@@ -53,7 +53,8 @@ class WorkerActor(pykka.ThreadingActor):
         self.services = services
         self.poll_interval = poll_interval
         max_jobs = services.settings.get("max-jobs")
-        self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), start_goal=self._start_goal,
+        self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), defer_grants=True,
+                                   start_goal=self._start_goal,
                                    send=self._send, notify=self._notify)
         self._timers: set[threading.Timer] = set()
 
@@ -72,7 +73,10 @@ class WorkerActor(pykka.ThreadingActor):
 
     @staticmethod
     def _send(goal: GoalRecord, message: object) -> None:
-        goal.ref.tell(message)
+        try:
+            goal.ref.tell(message)
+        except pykka.ActorDeadError:
+            pass  # it finished (or crashed) and its last message is on its way to us
 
     @staticmethod
     def _notify(observer, event) -> None:
@@ -82,6 +86,11 @@ class WorkerActor(pykka.ThreadingActor):
             logger.exception("observer failed on %r", event)
 
     def on_receive(self, message: Any) -> Any:
+        self._handle(message)
+        if self.actor_inbox.empty():
+            self.scheduler.grant_slots()
+
+    def _handle(self, message: Any) -> None:
         s = self.scheduler
         match message:
             case AddWaitee(waiter=waiter, want=want, resolved=resolved):
@@ -120,6 +129,13 @@ class WorkerActor(pykka.ThreadingActor):
         timer.daemon = True
         self._timers.add(timer)
         timer.start()
+
+    def on_failure(self, exc_type, exc_value, tb) -> None:
+        # A bug in the worker: end every request with it rather than leave callers waiting.
+        logger.error("the worker crashed", exc_info=(exc_type, exc_value, tb))
+        for timer in list(self._timers):
+            timer.cancel()
+        self.scheduler.abort_all(f"internal error: {exc_value}")
 
     def on_stop(self) -> None:
         for timer in list(self._timers):
