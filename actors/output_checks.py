@@ -69,12 +69,12 @@ def check_outputs(
     """
     by_path = {info.path: info for info in outputs.values()}
     for name in sorted(outputs, key=lambda n: n.encode()):
-        checks = _checks_for(parsed, name)
+        checks = _checks_for(parsed, store_dir.print(parsed.drv_path), name)
         if checks is not None:
             _apply(store_dir, checks, outputs[name], outputs, by_path, query_path_info)
 
 
-def _checks_for(parsed: ParsedDerivation, output_name: str) -> _Checks | None:
+def _checks_for(parsed: ParsedDerivation, printed_drv: str, output_name: str) -> _Checks | None:
     attrs = parsed.structured_attrs
     if attrs is None:
         # Legacy: self references never count against the *requisites* lists.
@@ -86,22 +86,28 @@ def _checks_for(parsed: ParsedDerivation, output_name: str) -> _Checks | None:
     if not isinstance(spec, dict):
         return None
     return _Checks(
-        max_size=_size(parsed, spec, "maxSize"),
-        max_closure_size=_size(parsed, spec, "maxClosureSize"),
-        lists={a: _strings(parsed, spec, a) for a in _REF_ATTRS},
+        max_size=_size(spec, "maxSize"),
+        max_closure_size=_size(spec, "maxClosureSize"),
+        lists={a: _strings(printed_drv, spec, a) for a in _REF_ATTRS},
     )
 
 
-def _size(parsed: ParsedDerivation, spec: dict, key: str) -> int | None:
-    value = spec.get(key)
-    if value is None and key not in spec:
+def _size(spec: dict, key: str) -> int | None:
+    if key not in spec:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadDerivationAttr(f"attribute '{key}' of derivation '{parsed.drv_path}' must be an unsigned integer")
-    return value
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # nlohmann::json's get<uint64_t>, which Nix 2.8 lets through as the error text
+        raise BadDerivationAttr(f"[json.exception.type_error.302] type must be number, but is {_json_type(value)}")
+    return int(value) % (1 << 64)  # a negative limit wraps around, as a C++ cast does
 
 
-def _strings(parsed: ParsedDerivation, spec: dict, key: str) -> list[str] | None:
+def _json_type(value: Any) -> str:
+    return ("null" if value is None else "boolean" if isinstance(value, bool) else "string" if isinstance(value, str)
+            else "array" if isinstance(value, list) else "object")
+
+
+def _strings(printed_drv: str, spec: dict, key: str) -> list[str] | None:
     if key not in spec:
         return None
     value: Any = spec[key]
@@ -109,7 +115,7 @@ def _strings(parsed: ParsedDerivation, spec: dict, key: str) -> list[str] | None
     items = value if isinstance(value, list) else list(value.values()) if isinstance(value, dict) \
         else [] if value is None else [value]
     if not all(isinstance(i, str) for i in items):
-        raise BadDerivationAttr(f"attribute '{key}' of derivation '{parsed.drv_path}' must be a list of strings")
+        raise BadDerivationAttr(f"attribute '{key}' of derivation '{printed_drv}' must be a list of strings")
     return list(items)
 
 

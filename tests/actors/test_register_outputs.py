@@ -32,6 +32,7 @@ from goalkeeper.store.hashes import Hash
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.nar import delete_path, dump_path, restore_path
 from goalkeeper.store.path_info import ValidPathInfo
+from goalkeeper.store.parsed_derivation import BadDerivationAttr
 from goalkeeper.store.paths import StorePath, output_path_name
 from goalkeeper.store.references import rewrite_strings
 from goalkeeper.store.settings import Settings
@@ -42,7 +43,8 @@ FEATURES = ["--option", "extra-experimental-features", "ca-derivations nix-comma
 BUILD_OPTS = ["--option", "sandbox", "false", "--option", "build-users-group", "", "--option", "substituters", "",
               "--option", "sandbox-paths", "/bin /lib /lib64 /usr", *FEATURES]
 GOOD = ("self", "multi", "flat", "rec-sha256", "rec-sha1", "dep", "nondet", "ca")
-BAD = ("cycle", "missing", "mismatch", "flat-exec", "fod-self", "allowed", "requisites", "maxsize")
+BAD = ("cycle", "missing", "mismatch", "flat-exec", "fod-self", "allowed", "requisites", "maxsize", "closure",
+       "illegal", "badattr", "badsize")
 LEAKY = ("NIX_REMOTE", "NIX_CONFIG", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_LOG_DIR",
          "NIX_CONF_DIR", "NIX_DAEMON_SOCKET_PATH")
 
@@ -296,14 +298,24 @@ def test_outputs_are_registered_referenced_first(h):
 
 
 @pytest.mark.timeout(30)
-def test_output_in_the_chroot_is_moved_over_a_stale_path(h):
-    final = h.sd.parse(h.nix_final("self", "out"))
-    write_tree(h.store.real_path(final), {"stale": "x"})
-    run = h.run("self", chroot=True)
-    (info,) = run.outcome.infos
+def test_outputs_in_the_chroot_are_moved_over_a_stale_path(h):
+    final = h.sd.parse(h.nix_final("multi", "lib"))
+    write_tree(h.store.real_path(final), "stale\n")
+    run = h.run("multi", chroot=True)
+    assert len(run.outcome.infos) == 3
+    for info in run.outcome.infos:
+        h.assert_like_nix(info, "multi")
+        assert not os.path.lexists(run.plan.chroot_root + h.sd.print(info.path))
+    assert Path(h.store.real_path(final), "self").read_text() == h.sd.print(final) + "\n"
+
+
+@pytest.mark.timeout(30)
+def test_auto_optimise_store_links_the_new_outputs(h):
+    settings = Settings(environ={})
+    settings.set("auto-optimise-store", "true")
+    (info,) = h.run("self", settings=settings).outcome.infos
     h.assert_like_nix(info, "self")
-    assert not os.path.exists(run.plan.chroot_root + h.sd.print(final))
-    assert Path(h.store.real_path(final)).read_text() == h.sd.print(final) + "\n"
+    assert os.stat(h.store.real_path(info.path)).st_nlink == 2  # the store path and .links/<hash>
 
 
 @pytest.mark.timeout(30)
@@ -392,18 +404,29 @@ def test_flat_fixed_output_must_not_be_executable(h, nix):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("attr", ["allowed", "requisites", "maxsize"])
+@pytest.mark.parametrize("attr", ["allowed", "requisites", "maxsize", "closure", "illegal"])
 def test_output_checks(h, nix, attr):
     final = h.outputs(attr)["out"]
     content = {
         "allowed": lambda: f"{h.sd.print(final)} {h.sd.print(next(iter(h.drv(attr)[1].input_srcs)))}\n",
         "requisites": lambda: h.nix_final("dep", "out") + "\n",
         "maxsize": lambda: "more than sixteen bytes\n",
+        "closure": lambda: h.nix_final("dep", "out") + "\n",
+        "illegal": lambda: "\n",
     }[attr]()
     out = h.run(attr, contents={"out": content}).outcome
     assert out.failure is FailureKind.BUILD_ERROR
     assert out.message == nix.errors[attr]
     assert out.infos == () and not h.store.is_valid_path(final)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("attr", ["badattr", "badsize"])
+def test_output_checks_of_the_wrong_type_are_an_error(h, nix, attr):
+    # Nix throws a plain Error here, not a BuildError: it is not an output refusal
+    with pytest.raises(BadDerivationAttr) as e:
+        h.run(attr, contents={"out": "\n"})
+    assert str(e.value) == nix.errors[attr]
 
 
 def _check_setup(h, *, ultimate: bool = True) -> StorePath:

@@ -34,6 +34,19 @@ in rec {
     name = "maxsize"; builder = "/bin/bash"; __structuredAttrs = true; outputChecks.out.maxSize = 16;
     args = [ "-c" ". ./.attrs.sh; echo 'more than sixteen bytes' > \${outputs[out]}" ];
   };
+  closure = mk {
+    name = "closure"; builder = "/bin/bash"; __structuredAttrs = true; outputChecks.out.maxClosureSize = 300;
+    args = [ "-c" ". ./.attrs.sh; echo ${dep} > \${outputs[out]}" ];
+  };
+  illegal = mk { name = "illegal"; allowedRequisites = [ "dev" ]; args = [ "-c" "echo > $out" ]; };
+  badattr = mk {
+    name = "badattr"; builder = "/bin/bash"; __structuredAttrs = true; outputChecks.out.allowedReferences = [ 1 ];
+    args = [ "-c" ". ./.attrs.sh; echo > \${outputs[out]}" ];
+  };
+  badsize = mk {
+    name = "badsize"; builder = "/bin/bash"; __structuredAttrs = true; outputChecks.out.maxSize = "x";
+    args = [ "-c" ". ./.attrs.sh; echo > \${outputs[out]}" ];
+  };
 
   nondet = mk { name = "nondet"; args = [ "-c" "date +%s%N > $out" ]; };
 
