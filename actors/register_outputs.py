@@ -67,8 +67,8 @@ class OutputsOutcome:
         failure: None on success, else why the outputs were refused.
         message: Nix's error text when `failure` is set.
         built_outputs: output name -> final path (every output, also those valid before).
-        infos: what was registered, in topological order (with a hash mismatch, the
-            output under the path of its actual hash).
+        infos: the outputs built now as registered, in topological order (with a hash
+            mismatch, the output under the path of its actual hash; none with --check).
         realisations: one per output built now (id from the static output hashes).
         is_non_deterministic: Nix's `isNonDeterministic` (only set by repeated rounds).
     """
