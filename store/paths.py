@@ -175,7 +175,8 @@ class StoreDir:
         references = list(references)
         if recursive and digest.algo == "sha256":
             return self.make_store_path(self._make_type("source", references, has_self), digest, name)
-        if references or has_self:
+        # Nix asserts there are no references here and ignores a self reference.
+        if references:
             raise BadStorePath(
                 f"fixed-output path '{name}' with references must be recursive sha256"
             )

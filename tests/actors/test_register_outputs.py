@@ -386,9 +386,6 @@ def test_hash_mismatch_registers_the_output_under_its_actual_hash(h, nix):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(raises=StoreError, strict=True,
-                   reason="store.paths.make_fixed_output_path refuses has_self for flat hashes, so the store "
-                          "will not register a flat CA path with a self reference; Nix ignores has_self there")
 def test_flat_fixed_output_naming_itself(h, nix):
     specified = h.sd.print(h.outputs("fod-self")["out"])
     out = h.run("fod-self", contents={"out": specified + "\n"}).outcome
