@@ -27,7 +27,6 @@ from goalkeeper.store.canonicalise import canonicalise_path_metadata
 from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.derivation import Derivation, output_path
 from goalkeeper.store.derivation_hash import static_output_hashes
-from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Hash
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.nar import delete_path, dump_path, restore_path
