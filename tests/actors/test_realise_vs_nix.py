@@ -17,6 +17,7 @@ output paths depend on D. Nix runs first in D; its store is then moved away
 
 Run as a script to print what real Nix does in every case (the store dir
 replaced by `<store>`):  python tests/actors/test_realise_vs_nix.py [OUT.md]
+or to print diffs between Nix and goalkeeper:  ... --compare [CASE-ID...]
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class Case:
     features: tuple[str, ...] = ()
     parallel: bool = False  # builds overlap: compare stderr as a multiset of lines
     nix_args: tuple[str, ...] = ()  # `--arg` for nix-instantiate
+    # outputs (by name) a setup built nondeterministically: their contents differ between the sides
+    random_outputs: tuple[str, ...] = ()
 
 
 def _select(outputs: str) -> Callable[[Side, list[str]], list[str]]:
@@ -132,10 +135,11 @@ CASES = [
     Case("already-valid", "diamond.nix", setup=_build_all),
     Case("max-jobs-0", "diamond.nix", ("-j", "0")),
     Case("check-not-built", "nondet.nix", ("--check",)),
-    Case("check-deterministic", "nondet.nix", ("--check",), targets=lambda side, drvs: drvs[:1], setup=_build_all),
+    Case("check-deterministic", "nondet.nix", ("--check",), targets=lambda side, drvs: drvs[:1], setup=_build_all,
+         random_outputs=("nondet",)),
     Case("check-nondeterministic", "nondet.nix", ("--check",), targets=lambda side, drvs: drvs[1:],
-         setup=_build_all),
-    Case("check-both-keep-going", "nondet.nix", ("--check", "-k"), setup=_build_all),
+         setup=_build_all, random_outputs=("nondet",)),
+    Case("check-both-keep-going", "nondet.nix", ("--check", "-k"), setup=_build_all, random_outputs=("nondet",)),
     Case("repair-corrupt-input", "diamond.nix", ("--repair",), setup=_corrupt("base")),
     Case("repair-all-valid", "diamond.nix", ("--repair",), setup=_build_all),
     Case("opaque-valid", "selfref.nix", targets=lambda side, drvs: side.outputs(drvs[0]), setup=_build_all),
@@ -234,10 +238,14 @@ def test_realise_matches_nix(case: Case, tmp_path: Path, run_nix) -> None:
     ran = f"goalkeeper exited {gk.status} (nix-store: {nix.status}); its stderr:\n{gk.stderr[-4000:]}"
     # The store left behind: same valid paths, NAR hashes, sizes, references, derivers, CA.
     assert sorted(gk.valid) == sorted(nix.valid), ran
+    for outcome in (nix, gk):
+        for path in outcome.valid:
+            if path.endswith(tuple(f"-{name}" for name in case.random_outputs)):
+                outcome.valid[path] = ("(random)", *outcome.valid[path][1:])
     assert gk.valid == nix.valid, ran
     assert gk.derivation_outputs == nix.derivation_outputs, ran
     assert gk.realisations == nix.realisations, ran
-    outputs = sorted(p for p in gk.valid if not p.endswith(".drv"))
+    outputs = sorted(p for p in gk.valid if not p.endswith(".drv") and gk.valid[p][0] != "(random)")
     assert nar_hashes(outputs) == {p: gk.valid[p][0] for p in outputs}, ran
 
     assert gk.status == nix.status, gk.stderr
@@ -272,8 +280,39 @@ def record(out) -> None:
             make_writable(side.root)
 
 
+def compare(case_ids: list[str]) -> None:
+    """Run cases both ways and print unified diffs (nix-store first), for debugging the engine."""
+    import difflib
+
+    for case in CASES:
+        if case_ids and case.id not in case_ids:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            side = Side(Path(tmp) / "s")
+            nix = realise_with_nix(side, case)
+            make_writable(side.root)
+            side.root.rename(Path(tmp) / "nix")
+            gk = realise_with_goalkeeper(side, case)
+            print(f"== {case.id}: exit nix-store {nix.status}, goalkeeper {gk.status}")
+            for name in ("stdout", "stderr"):
+                a, b = (getattr(o, name).replace(side.store_dir, "<store>").splitlines(keepends=True)
+                        for o in (nix, gk))
+                sys.stdout.writelines(difflib.unified_diff(a, b, f"nix-store {name}", f"goalkeeper {name}"))
+            for key in sorted(set(nix.valid) | set(gk.valid)):
+                if nix.valid.get(key) != gk.valid.get(key):
+                    print(f"valid {key.replace(side.store_dir, '<store>')}:\n  nix-store  {nix.valid.get(key)}"
+                          f"\n  goalkeeper {gk.valid.get(key)}")
+            for name in ("derivation_outputs", "realisations"):
+                if getattr(nix, name) != getattr(gk, name):
+                    print(f"{name}: only nix-store {getattr(nix, name) - getattr(gk, name)}; "
+                          f"only goalkeeper {getattr(gk, name) - getattr(nix, name)}")
+            make_writable(side.root)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if sys.argv[1:2] == ["--compare"]:
+        compare(sys.argv[2:])
+    elif len(sys.argv) > 1:
         with open(sys.argv[1], "w") as f:
             record(f)
     else:

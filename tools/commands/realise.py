@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         ctx.stdout.write(json.dumps(results, separators=(",", ":")).encode() + b"\n")
     if realised.exit_status != 0 or realised.error is not None:
         if realised.error is not None:
-            printer.line("error: " + realised.error.replace("\n", ERROR_INDENT))
+            printer.line(indent_continuation("error: " + realised.error))
         return realised.exit_status or 1
     if not args.json:
         warned = False
@@ -174,6 +174,13 @@ def realised_paths(store, target) -> list[str]:
     return sorted(printed)
 
 
+def indent_continuation(text: str) -> str:
+    """Nix's logger prints an error's or warning's further lines under the text after the prefix."""
+    if text.startswith(("error: ", "warning: ")):
+        return text.replace("\n", ERROR_INDENT)
+    return text
+
+
 def result_json(store, target, result) -> dict:
     """One argument's BuildResult in Nix's JSON vocabulary."""
     if target.outputs is None:
@@ -216,7 +223,7 @@ class _Printer:
         from goalkeeper.actors.worker_messages import LogLine, Message
 
         if isinstance(event, Message):
-            self.line(event.text)
+            self.line(indent_continuation(event.text))
         elif isinstance(event, LogLine):
             self.line(event.line)
         # Progress: nix-store's plain logger shows no progress bar.
