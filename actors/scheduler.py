@@ -233,6 +233,7 @@ class Scheduler:
                 waiter.waitees.clear()
                 cut_short = True
         goal.waiters.clear()
+        self._progress(goal)  # before a request it ends stops listening
         for request_id in sorted(goal.top_of):
             request = self.requests.get(request_id)
             if request is None:
@@ -243,7 +244,6 @@ class Scheduler:
                 self._finish_request(request)
         if cut_short:
             self._collect_garbage()
-        self._progress(goal)
 
     def goal_started(self, goal_id: int, message: str) -> None:
         goal = self.goals.get(goal_id)
