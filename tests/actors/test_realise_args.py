@@ -111,3 +111,15 @@ def test_json_reports_one_result_per_argument(local_store, gk, run_nix) -> None:
     assert f"builder for '{b}' failed with exit code 1" in third["errorMsg"]
     # the failure is still reported on stderr, after the JSON
     assert ours.stderr.endswith(f"error: build of '{min(a, b)}', '{max(a, b)}' failed\n".encode())
+
+
+@pytest.mark.nix
+@pytest.mark.timeout(60)
+def test_dry_run_does_not_check_output_names(local_store, gk, run_nix) -> None:
+    # Nix's goal finds unknown outputs; a dry run makes no goals, so it only prints what is missing.
+    args = [*local_store.args, *NO_SANDBOX[3:]]
+    multi, = run_nix("nix-instantiate", *args, str(DATA / "multi.nix")).stdout.decode().split()
+    nix = run_nix("nix-store", *args, "-r", "--dry-run", f"{multi}!nope,dev", check=False)
+    ours = gk(*args, "realise", "--dry-run", f"{multi}!nope,dev")
+    assert (ours.status, ours.stdout, ours.stderr) == (nix.returncode, nix.stdout, nix.stderr)
+    assert nix.returncode == 0 and b"will be built" in nix.stderr

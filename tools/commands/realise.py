@@ -74,11 +74,11 @@ def run(args: argparse.Namespace, ctx) -> int:
         missing = engine.query_missing(targets)
         if settings.print_missing:
             print_missing(store, missing, printer.line)
+        if args.dry_run:
+            return 0
         # Nix finds unknown output names in the goal, after printing what is missing and before building.
         for target in targets:
             check_wanted_outputs(store, target)
-        if args.dry_run:
-            return 0
         realised = engine.realise(targets, build_mode=build_mode, observer=printer.event)
     finally:
         engine.close()
