@@ -362,7 +362,7 @@ class BuildRunner:
         text = raw.decode("utf-8", "surrogateescape")
         build.tail.append(text)
         if self._on_log_line is not None:
-            self._on_log_line(build.drv_path, text)
+            _call(self._on_log_line, build.drv_path, text)
 
     def _structured(self, build: _Build, message: object) -> None:
         """`handleJSONLogMessage`, untrusted: of what a builder may say, only "msg" reaches
@@ -374,7 +374,7 @@ class BuildRunner:
 
     def _message(self, build: _Build, level: int, text: str) -> None:
         if self._on_message is not None:
-            self._on_message(build.drv_path, level, text)
+            _call(self._on_message, build.drv_path, level, text)
 
     def _log_eof(self, build: _Build) -> None:
         if build.line:
@@ -469,10 +469,7 @@ class BuildRunner:
             build.pty = -1
 
     def _reply(self, build: _Build, event: object) -> None:
-        try:
-            build.reply(event)
-        except Exception:  # the caller's bug; the runner must go on for the other builds
-            traceback.print_exc(file=sys.stderr)
+        _call(build.reply, event)
 
     def _guarded(self, build: _Build, fn, *args) -> None:
         """Run one step of a build; an unexpected error fails that build, not the runner."""
@@ -482,7 +479,10 @@ class BuildRunner:
             if build.done:  # a bug after its last reply: report it, keep running
                 traceback.print_exc(file=sys.stderr)
                 return
-            self._spawner.kill(build.build_id)
+            try:
+                self._spawner.kill(build.build_id)
+            except OSError:
+                pass  # the spawner is gone; _take_events notices and fails the others
             if isinstance(e, OSError) and e.filename:
                 self._fail(build, f"{e.strerror}: '{e.filename}'")  # e.g. creating the log file
             else:
@@ -559,3 +559,11 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _call(callback: Callable, *args) -> None:
+    """Call back into the engine; its bug must not stop the runner for every other build."""
+    try:
+        callback(*args)
+    except Exception:
+        traceback.print_exc(file=sys.stderr)

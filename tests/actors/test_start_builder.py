@@ -8,6 +8,7 @@ import queue
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,14 +255,30 @@ def _between(lines: list[str], first: str, last: str) -> list[str]:
     return lines[start:end + 1]
 
 
+def _user_namespaces() -> bool:
+    probe = ("from goalkeeper.sandbox import _linux; "
+             "_linux.unshare(_linux.CLONE_NEWUSER | _linux.CLONE_NEWNS | _linux.CLONE_NEWPID)")
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
 @pytest.mark.nix
 @pytest.mark.timeout(60)
 @pytest.mark.skipif(shutil.which("nix-store") is None, reason="no nix-store")
+@pytest.mark.parametrize("store_kind", ["local", "chroot"])
 @pytest.mark.parametrize("attr, first", [("plain", "== argv0"), ("structured", "== env")])
-def test_unsandboxed_builder_sees_what_it_sees_under_nix(tmp_path, monkeypatch, attr, first):
+def test_builder_sees_what_it_sees_under_nix(tmp_path, monkeypatch, attr, first, store_kind):
     """The same derivation built by goalkeeper and by real nix-store -r (sandbox = false, the
-    same TMPDIR, one after the other): the builder's log must be identical, line for line."""
-    e = Env(tmp_path)
+    same TMPDIR, one after the other): the builder's log must be identical, line for line.
+
+    In a local store whose files are at their logical paths that build is unsandboxed; in a
+    chroot store (files elsewhere) Nix sandboxes it all the same, and so do we.
+    """
+    if store_kind == "chroot":
+        if not _user_namespaces():
+            pytest.skip("no user namespaces here")
+        e = Env(tmp_path, uri=str(tmp_path / "chroot"), **{"sandbox-paths": "/bin /lib /lib64 /usr"})
+    else:
+        e = Env(tmp_path)
     monkeypatch.setenv("TMPDIR", str(e.tmpdir))
     nix_env = {**os.environ, "TMPDIR": str(e.tmpdir), "TERM": "dumb-caller"}
     drv_text = subprocess.run(["nix-instantiate", "--store", e.uri, str(DATA / "dump.nix"), "-A", attr],
@@ -272,6 +289,7 @@ def test_unsandboxed_builder_sees_what_it_sees_under_nix(tmp_path, monkeypatch, 
     initial = {o: KnownOutput(out.path, PathStatus.ABSENT) for o, out in drv.outputs.items()}
     plan = start_builder(store, e.settings, drv=drv, drv_path=drv_path, initial_outputs=initial,
                          build_mode=BuildMode.Normal, input_paths=frozenset(store.compute_fs_closure(drv.input_srcs)))
+    assert plan.use_chroot == (store_kind == "chroot")
     lines: list[str] = []
     events: queue.Queue = queue.Queue()
     runner = BuildRunner(log_dir=store.config.log_dir, settings=e.settings,
