@@ -246,7 +246,7 @@ class BuildRunner:
                 build = self._builds.get(arg)
                 if build is not None:
                     self._discard(build)
-                    self._spawner.kill(build.build_id)
+                    self._signal(build)
             else:
                 self._running = False
 
@@ -386,7 +386,7 @@ class BuildRunner:
         if build.status is None:
             # buildDone's pid.kill(): the builder may only have closed its output; harmless
             # on one that is already exiting.
-            self._spawner.kill(build.build_id)
+            self._signal(build)
         else:
             self._finish(build)
 
@@ -451,8 +451,15 @@ class BuildRunner:
     def _kill_build(self, build: _Build, status: Status, message: str) -> None:
         """`killChild` + `done(status)`: for timeouts and the log limit."""
         self._discard(build)
-        self._spawner.kill(build.build_id)
+        self._signal(build)
         self._reply(build, BuildKilled(status=status, message=message))
+
+    def _signal(self, build: _Build) -> None:
+        """SIGKILL the build's process group (the spawner ignores builds it no longer has)."""
+        try:
+            self._spawner.kill(build.build_id)
+        except OSError:
+            pass  # the spawner is gone: _take_events sees its EOF and fails every build
 
     def _discard(self, build: _Build) -> None:
         """Forget a build: no event of it is looked at any more."""
@@ -479,10 +486,7 @@ class BuildRunner:
             if build.done:  # a bug after its last reply: report it, keep running
                 traceback.print_exc(file=sys.stderr)
                 return
-            try:
-                self._spawner.kill(build.build_id)
-            except OSError:
-                pass  # the spawner is gone; _take_events notices and fails the others
+            self._signal(build)
             if isinstance(e, OSError) and e.filename:
                 self._fail(build, f"{e.strerror}: '{e.filename}'")  # e.g. creating the log file
             else:

@@ -7,6 +7,7 @@ import bz2
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -90,12 +91,20 @@ def make_runner(tmp_path):
         runner.stop()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, if unreaped
+    except FileNotFoundError:
+        return False
+
+
 def _wait_gone(pid_file: Path) -> None:
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not os.path.exists(f"/proc/{pid}"), "the builder survived"
+    assert not _alive(pid), "the builder survived"
 
 
 def test_a_build_replies_started_then_exited(make_runner, work):
@@ -175,10 +184,10 @@ def test_max_silent_time_counts_from_the_last_output(make_runner, work):
     runner = make_runner(max_silent_time=1)
     t0 = time.monotonic()
     name = derivation_goal_name(printed(drv_path()), frozenset({"out", "dev"}))
-    build = Build(runner, spec(work, "echo $$ > pid; for i in 1 2 3; do echo $i; sleep 0.4; done; exec sleep 30"),
+    build = Build(runner, spec(work, "echo $$ > pid; for i in 1 2 3; do echo $i; sleep 0.2; done; exec sleep 30"),
                   goal_name=name)
     killed = build.outcome()
-    assert 1.75 <= time.monotonic() - t0 < 6  # the last output at 0.8 s, then 1 s of silence
+    assert 1.35 <= time.monotonic() - t0 < 6  # the last output at 0.4 s, then 1 s of silence
     assert killed == BuildKilled(status=Status.TimedOut, message=(
         f"building of '{printed(build.path)}!dev,out' from .drv file timed out after 1 seconds of silence"))
     _wait_gone(work / "pid")
@@ -228,6 +237,19 @@ def test_stop_kills_every_build(make_runner, work):
         _wait_gone(work / f"pid{i}")
     with pytest.raises(RuntimeError):
         Build(runner, spec(work, "true"))
+
+
+def test_a_dead_spawner_fails_its_builds_and_is_replaced(make_runner, work):
+    runner = make_runner()
+    build = Build(runner, spec(work, "echo $$ > pid; echo started; exec sleep 30"))
+    assert isinstance(build.next(), BuildStarted)
+    _wait_for_pid(work / "pid")
+    os.kill(runner._spawner.pid, signal.SIGKILL)
+    failed = build.next()
+    assert failed == BuildExited(ok=False, stop_time=failed.stop_time,
+                                 message=f"builder for '{printed(build.path)}' failed: the build spawner exited")
+    _wait_gone(work / "pid")  # PR_SET_PDEATHSIG took the builder with it
+    assert Build(runner, spec(work, "true"), n=1).outcome().ok
 
 
 def test_a_setup_failure_names_the_step_and_the_stray_exit_is_dropped(make_runner, work):
