@@ -19,7 +19,8 @@ from goalkeeper.actors.derivation_goal_state import (BuildExited, BuildMode, Bui
 from goalkeeper.actors.start_builder import (BuildSetupError, delete_build_dir, make_fallback_path,
                                              start_builder, structured_attrs_shell)
 from goalkeeper.sandbox.spec import ADDR_NO_RANDOMIZE, BindMount
-from goalkeeper.store.derivation import Derivation, InputAddressed, hash_placeholder, write_derivation
+from goalkeeper.store.derivation import CAFixed, Derivation, InputAddressed, hash_placeholder, write_derivation
+from goalkeeper.store.hashes import sha256
 from goalkeeper.store.derivation_hash import fill_in_outputs
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.paths import StoreDir, StorePath
@@ -57,7 +58,8 @@ class Env:
     def plan(self, drv: Derivation, drv_path: StorePath, status=PathStatus.ABSENT, mode=BuildMode.Normal,
              initial=None, inputs=frozenset()):
         if initial is None:
-            initial = {o: KnownOutput(out.path, status) for o, out in drv.outputs.items()}
+            initial = {o: KnownOutput(path, status)
+                       for o, (_, path) in drv.outputs_and_opt_paths(self.store.store_dir).items()}
         return start_builder(self.store, self.settings, drv=drv, drv_path=drv_path, initial_outputs=initial,
                              build_mode=mode, input_paths=inputs)
 
@@ -135,6 +137,7 @@ def test_scratch_path_rule(env, status, mode, sandboxed, redirected):
             hash_placeholder("out"): env.store.print(scratch), final.hash_part: scratch.hash_part,
             hash_placeholder("dev"): env.store.print(plan.scratch_outputs["dev"]),
             dev.hash_part: plan.scratch_outputs["dev"].hash_part}.items()))
+        assert list(plan.input_rewrites) == sorted(plan.input_rewrites)  # std::map order
         # the builder sees the scratch paths, through the hash rewrite
         assert env_map[b"out"] == env.store.print(scratch).encode()
         assert env_map[b"ref"] == env.store.print(plan.scratch_outputs["dev"]).encode()
@@ -148,6 +151,24 @@ def test_unknown_output_is_built_at_its_fallback_path(env):
     assert plan.scratch_outputs == {"out": expected} and plan.redirected_outputs == {}
     assert dict(plan.spec.env)[b"x"] == env.store.print(expected).encode()
     assert plan.input_rewrites == {hash_placeholder("out"): env.store.print(expected)}
+
+
+def test_fixed_output_gets_impure_env_vars_from_the_caller(env, monkeypatch):
+    monkeypatch.setenv("FOO", "from caller")
+    monkeypatch.delenv("http_proxy", raising=False)
+    d = Derivation(name="fetch", outputs={"out": CAFixed("flat", sha256(b"x"))}, platform=SYSTEM,
+                   builder="/bin/sh", env={"impureEnvVars": "FOO http_proxy", "FOO": "from drv"})
+    d = fill_in_outputs(env.store.store_dir, d, env.store.read_derivation)
+    drv_path = write_derivation(env.store, d)
+    env.settings.set("sandbox", "relaxed")  # fixed outputs are not sandboxed when relaxed
+    plan = env.plan(d, drv_path)
+    env_map = dict(plan.spec.env)
+    assert not plan.use_chroot
+    assert (env_map[b"FOO"], env_map[b"http_proxy"], env_map[b"NIX_OUTPUT_CHECKED"]) == (b"from caller", b"", b"1")
+    env.settings.set("sandbox", "true")  # ...but are with true, keeping the network
+    plan = env.plan(d, drv_path)
+    assert plan.use_chroot and not plan.spec.sandbox.private_network
+    delete_build_dir(plan, keep=False)
 
 
 def test_args_are_rewritten_and_argv0_is_the_builders_base_name(env):
