@@ -341,11 +341,19 @@ class NixStore:
         return subprocess.run(["nix-instantiate", "--store", self.uri, str(DATA / "fail.nix"), "-A", attr],
                               check=True, capture_output=True, text=True).stdout.strip()
 
-    def nix_error(self, drv: str, *options: str) -> str:
-        nix = subprocess.run(["nix-store", "--store", self.uri, *self.options, *options, "-r", drv],
-                             capture_output=True, text=True, env={**os.environ, "TMPDIR": str(self.tmp)})
+    def start_nix(self, drv: str, *options: str) -> subprocess.Popen:
+        return subprocess.Popen(["nix-store", "--store", self.uri, *self.options, *options, "-r", drv],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "TMPDIR": str(self.tmp)})
+
+    @staticmethod
+    def error_of(nix: subprocess.Popen) -> str:
+        _, stderr = nix.communicate(timeout=30)
         assert nix.returncode != 0
-        return next(line for line in nix.stderr.split("\n") if line.startswith("error: "))[len("error: "):]
+        return next(line for line in stderr.split("\n") if line.startswith("error: "))[len("error: "):]
+
+    def nix_error(self, drv: str, *options: str) -> str:
+        return self.error_of(self.start_nix(drv, *options))
 
     def ours(self, make_runner, monkeypatch, drv_text: str, **settings):
         monkeypatch.setenv("TMPDIR", str(self.tmp))
@@ -394,5 +402,6 @@ def test_kill_messages_are_nixs(make_runner, tmp_path, monkeypatch, attr, settin
     s = NixStore(tmp_path)
     drv = s.instantiate(attr)
     value = "20" if setting == "max-build-log-size" else "1"
+    nix = s.start_nix(drv, "--option", setting, value)  # both wait out the deadline at once
     ours = s.ours(make_runner, monkeypatch, drv, **{setting.replace("-", "_"): value})
-    assert ours == BuildKilled(status=status, message=s.nix_error(drv, "--option", setting, value))
+    assert ours == BuildKilled(status=status, message=s.error_of(nix))
