@@ -43,6 +43,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         super().__init__()
         self.goal_id = goal_id
         self.drv_path = drv_path
+        self.initial_wanted = wanted_outputs  # the goal's name (in timeout messages) keeps these
         self.services = services
         self.worker_ref = worker_ref
         self.ctx = LocalGoalContext(services.reader, services.settings, drv_path, keep_going=keep_going,
@@ -125,6 +126,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
     # -- the build -------------------------------------------------------------------------
 
     def _start_build(self, pending: list) -> None:
+        from .build_runner import derivation_goal_name
         from .start_builder import BuildSetupError, start_builder
 
         state = self.state
@@ -134,13 +136,17 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 self.services.store, self.services.settings, drv=state.drv, drv_path=self.drv_path,
                 initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
                 build_mode=state.build_mode, input_paths=state.input_paths)
-        except (BuildSetupError, StoreError) as err:
+        except BuildSetupError as err:
             self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
-            pending.append(BuildSetupFailed(message=getattr(err, "message", None) or str(err)))
+            pending.append(BuildSetupFailed(message=err.message, input_rejected=err.is_build_error))
+            return
+        except StoreError as err:
+            self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
+            pending.append(BuildSetupFailed(message=str(err), input_rejected=False))
             return
         self.build_id = self.services.runner.run_build(
             drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
-            reply=self.actor_ref.tell)
+            reply=self.actor_ref.tell, goal_name=derivation_goal_name(self.ctx.printed_drv_path, self.initial_wanted))
 
     def _register_outputs(self) -> OutputsRegistered:
         from .register_outputs import register_outputs

@@ -186,9 +186,11 @@ class BuildStarted:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BuildSetupFailed:
-    """startBuilder threw a BuildError: the seed's InputRejected."""
+    """startBuilder threw: a BuildError is the seed's InputRejected; any other error
+    (`input_rejected` false) ends the goal as a MiscFailure."""
 
     message: str
+    input_rejected: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,9 +303,9 @@ class DerivationGoalState:
                     self.state()
                 case BuildStarted(start_time=t):
                     self.start_time = t
-                case BuildSetupFailed(message=msg):
+                case BuildSetupFailed(message=msg, input_rejected=rejected):
                     self.ctx.unlock_outputs(delete=False)
-                    self._done(Status.InputRejected, msg)
+                    self._done(Status.InputRejected if rejected else Status.MiscFailure, msg)
                 case BuildExited():
                     self.build_done(event)
                 case BuildKilled(status=status, message=msg):

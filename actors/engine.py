@@ -39,10 +39,12 @@ class Engine:
         store: an open LocalStore; the engine does not close it.
         settings: read when goals are created (max-jobs when the engine starts).
         substituters: objects with the `Substituter` interface, in priority order.
+        logger_is_verbose: the caller shows every build log line (as `nix-store` does), so
+            failure messages leave out the "last N log lines" tail, as Nix's do then.
     """
 
     def __init__(self, store: LocalStore, settings: Settings, *, substituters: Sequence = (),
-                 poll_interval: float | None = None):
+                 poll_interval: float | None = None, logger_is_verbose: bool = False):
         from .build_runner import BuildRunner
 
         self.store = store
@@ -50,7 +52,8 @@ class Engine:
         self._closed = False
         self._store_ref = start_store_actor(store)
         self._reader = StoreReader(store)
-        self._runner = BuildRunner(log_dir=store.config.log_dir, settings=settings, on_log_line=self._on_log_line)
+        self._runner = BuildRunner(log_dir=store.config.log_dir, settings=settings, on_log_line=self._on_log_line,
+                                   on_message=self._on_message, logger_is_verbose=logger_is_verbose)
         self._runner.start()
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.get("max-jobs")) or 1),
                                         thread_name_prefix="goalkeeper-substitute")
@@ -97,3 +100,6 @@ class Engine:
     def _on_log_line(self, drv_path: StorePath, line: str) -> None:
         # On the runner's thread: the worker knows which requests the build serves.
         self._worker_ref.tell(BuildLogLine(drv_path=drv_path, line=line))
+
+    def _on_message(self, drv_path: StorePath, level: int, text: str) -> None:
+        self._worker_ref.tell(BuildLogLine(drv_path=drv_path, line=text, is_message=True))

@@ -20,7 +20,7 @@ from goalkeeper.store.settings import Settings
 
 from .goal_context import StoreReader
 from .scheduler import GoalRecord, Scheduler
-from .worker_messages import (AddWaitee, BuildLogLine, GoalFinished, LogLine, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
+from .worker_messages import (AddWaitee, BuildLogLine, GoalFinished, LogLine, Message, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
                               RequestBuildSlot, WaitAWhile)
 from .derivation_goal_state import Wake
 
@@ -110,10 +110,10 @@ class WorkerActor(pykka.ThreadingActor):
             case Realise():
                 s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
                           message.done.set_result)
-            case BuildLogLine(drv_path=drv_path, line=line):
+            case BuildLogLine(drv_path=drv_path, line=line, is_message=is_message):
                 goal = s.derivation_goals.get(drv_path)
                 if goal is not None:
-                    event = LogLine(drv_path=drv_path, line=line)
+                    event = Message(text=line) if is_message else LogLine(drv_path=drv_path, line=line)
                     for observer in s.observers_of(goal):
                         self._notify(observer, event)
             case _Stop(error=error):

@@ -96,10 +96,11 @@ class GoalFinished:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BuildLogLine:
-    """A line of a builder's output, from the build runner's thread."""
+    """A line of a builder's output (or, `is_message`, its `@nix` msg), from the runner's thread."""
 
     drv_path: StorePath
     line: str
+    is_message: bool = False
 
 
 # -- to goals ------------------------------------------------------------------------------

