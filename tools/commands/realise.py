@@ -69,7 +69,8 @@ def run(args: argparse.Namespace, ctx) -> int:
     build_mode = BuildMode.Check if args.check else BuildMode.Repair if args.repair else BuildMode.Normal
     printer = _Printer(ctx.stderr)
 
-    engine = Engine(store, settings)
+    # nix-store's logger shows every build log line, so Nix leaves the log tail out of build errors.
+    engine = Engine(store, settings, logger_is_verbose=True)
     try:
         missing = engine.query_missing(targets)
         if settings.print_missing:
