@@ -23,16 +23,20 @@ from goalkeeper.store.realisations import DrvOutput, Realisation
 
 from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSetupFailed, DerivationGoalState,
                                     Finished, OutputsRegistered, PrintError, RegisterOutputs,
-                                    RegisterResolvedRealisations, ResolveAndBuild, Started, StartBuild, Wake,
-                                    WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantSubstitution)
+                                    RegisterResolvedRealisations, ResolveAndBuild, ResolvedFinished, Started,
+                                    StartBuild, Wake, WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp,
+                                    WantDerivation, WantSubstitution)
 from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
 from .worker import GoalServices
-from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalSaid, GoalStarted,
-                              ReleaseBuildSlot, RequestBuildSlot, WaitAWhile)
+from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, GoalStarted,
+                              ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
 
 logger = logging.getLogger(__name__)
+
+# what the worker sends to make a goal work; answered with GoalIdle once handled
+_ACTIVATIONS = (Wake, WaiteeDone, ResolvedFinished)
 
 _BUILD_ENDED = (BuildExited, BuildKilled, BuildSetupFailed)
 
@@ -69,10 +73,16 @@ class DerivationGoalActor(pykka.ThreadingActor):
             case Cancel():
                 self._cancel()
             case _:
-                if isinstance(message, _BUILD_ENDED):
+                ended = isinstance(message, _BUILD_ENDED)
+                if ended:
                     self.build_id = None
-                    self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
                 self._handle(message)
+                if ended:
+                    # after buildDone, as Nix frees the slot for goals of the next round: a
+                    # failure is reported (and may stop the run) before another build starts
+                    self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
+                if isinstance(message, _ACTIVATIONS):
+                    self._tell_worker(GoalIdle(goal=self.goal_id))
 
     def on_failure(self, exc_type, exc_value, tb) -> None:
         # A bug, not an expected failure: report the goal failed so nothing waits forever.
@@ -95,7 +105,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
             case WantDerivation() | WantSubstitution():
                 self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
             case WakeUp():
-                pending.append(Wake())
+                self._tell_worker(RequestWake(goal=self.goal_id))
             case WaitForBuildSlot():
                 self._tell_worker(RequestBuildSlot(goal=self.goal_id))
             case WaitForAWhile(reason=reason):

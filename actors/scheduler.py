@@ -61,15 +61,23 @@ class RequestRecord:
 
 
 class Scheduler:
-    def __init__(self, store_dir: StoreDir, max_jobs: int, *, defer_grants: bool = False,
+    def __init__(self, store_dir: StoreDir, max_jobs: int, *, rounds: bool = False,
                  start_goal: Callable[[GoalRecord, Any], Any],
                  send: Callable[[GoalRecord, object], None],
                  notify: Callable[[Callable[[object], None], object], None]):
         self.store_dir = store_dir
         self.max_jobs = max_jobs
-        # The worker grants slots only once its inbox is empty, so that goals woken
-        # together compete in key() order, as in Nix's awake set.
-        self.defer_grants = defer_grants
+        # Nix's worker runs in rounds: every awake goal works, in key() order, before the
+        # next round and before it waits for builds. With `rounds`, what would wake a goal
+        # (a new goal, a finished waitee, `wakeUp`, a granted slot) is held back until every
+        # goal has handled what it was sent (`goal_idle`) and the worker's inbox is empty
+        # (`advance`); then slots go to waiting goals in key() order, and the held-back
+        # wake-ups are sent as the next round. So builds start in Nix's order, which decides
+        # what is left valid when a failure stops a run without keep-going.
+        # Without `rounds` (unit tests) everything is sent at once.
+        self.rounds = rounds
+        self._next_round: list[tuple[str, int, int, object]] = []  # heap: (key, seq, goal id, message)
+        self._seq = itertools.count()
         self._start_goal = start_goal
         self._send = send
         self._notify = notify
@@ -78,6 +86,10 @@ class Scheduler:
         self.derivation_goals: dict[StorePath, GoalRecord] = {}
         self.substitution_goals: dict[StorePath, GoalRecord] = {}
         self.requests: dict[int, RequestRecord] = {}
+        # Goals sent a Wake/WaiteeDone/ResolvedFinished they have not yet answered with
+        # `goal_idle`: Nix runs every awake goal before it starts the next build, so with
+        # deferred grants no slot is given while any goal is still at work.
+        self.busy: dict[int, int] = {}
         self.running: set[int] = set()  # goals holding a build slot
         self.started: set[int] = set()  # derivation goals whose builder runs (progress)
         self._wanting_slot: list[tuple[str, int]] = []  # heap by key()
@@ -119,15 +131,15 @@ class Scheduler:
                 errors.append(finished.result.error_msg)
             seen.add(goal.id)
         error = None
-        if failed:
-            if len(failed) == 1 and errors:
-                error = errors[0]
-            else:
-                for message in errors:
-                    self._tell_observer(request, Message(text=f"error: {message}"))
-                error = "build of " + ", ".join(f"'{p}'" for p in sorted(failed)) + " failed"
-            for message in errors[1:] if len(failed) == 1 else ():
-                self._tell_observer(request, Message(text=f"error: {message}"))
+        # buildPaths: the first error (in key order) is kept, later ones are logged at once
+        for message in errors[1:]:
+            self._tell_observer(request, Message(text=f"error: {message}"))
+        if len(failed) == 1 and errors:
+            error = errors[0]
+        elif failed:
+            if errors:
+                self._tell_observer(request, Message(text=f"error: {errors[0]}"))
+            error = "build of " + ", ".join(f"'{p}'" for p in sorted(failed)) + " failed"
         realised = Realised(results=results, exit_status=request.flags.exit_status() if failed else 0, error=error)
         self._collect_garbage()
         request.on_done(realised)
@@ -153,7 +165,7 @@ class Scheduler:
         self.goals[goal.id] = goal
         self.derivation_goals[drv_path] = goal
         goal.ref = self._start_goal(goal, (frozenset(outputs or ()), build_mode))
-        self._send(goal, Wake())
+        self._activate(goal, Wake())
         return goal
 
     def _substitution_goal(self, path: StorePath, repair: bool, ca, keep_going, requests) -> GoalRecord:
@@ -167,7 +179,7 @@ class Scheduler:
         self.goals[goal.id] = goal
         self.substitution_goals[path] = goal
         goal.ref = self._start_goal(goal, (repair, ca))
-        self._send(goal, Wake())
+        self._activate(goal, Wake())
         return goal
 
     def _add_requests(self, goal: GoalRecord, requests: frozenset[int]) -> None:
@@ -222,8 +234,8 @@ class Scheduler:
         cut_short = False
         for waiter, resolved in live_waiters:
             waiter.waitees.discard(goal.id)
-            self._send(waiter, ResolvedFinished(exit_code=finished.exit_code) if resolved
-                       else WaiteeDone(exit_code=finished.exit_code))
+            self._activate(waiter, ResolvedFinished(exit_code=finished.exit_code) if resolved
+                           else WaiteeDone(exit_code=finished.exit_code))
             if finished.exit_code is ExitCode.FAILED and not waiter.keep_going:
                 # waiteeDone without keep-going: the waiter drops its other waitees
                 for other_id in waiter.waitees:
@@ -238,8 +250,10 @@ class Scheduler:
             request = self.requests.get(request_id)
             if request is None:
                 continue
-            if finished.exit_code is not ExitCode.SUCCESS and not request.keep_going:
-                self._finish_request(request)  # topGoals.clear()
+            if finished.exit_code is ExitCode.FAILED and not request.keep_going:
+                # removeGoal: topGoals.clear() -- for ecFailed only; a path nobody can
+                # substitute (ecNoSubstituters) lets the other top goals go on
+                self._finish_request(request)
             elif all(g.finished is not None for _, g in request.top):
                 self._finish_request(request)
         if cut_short:
@@ -261,6 +275,7 @@ class Scheduler:
             self._say(goal, message)
 
     def _forget(self, goal: GoalRecord) -> None:
+        self.busy.pop(goal.id, None)
         table = self.derivation_goals if goal.kind == "drv" else self.substitution_goals
         if table.get(goal.path) is goal:
             del table[goal.path]
@@ -296,22 +311,37 @@ class Scheduler:
             return
         if goal.kind == "drv":
             self.expected_builds += 1
-        if not self.defer_grants and len(self.running) < limit and not self._wanting_slot:
+        if not self.rounds and len(self.running) < limit and not self._wanting_slot:
             self.running.add(goal_id)
-            self._send(goal, Wake())
+            self._send_now(goal, Wake())
             return
         heapq.heappush(self._wanting_slot, (goal.key, goal_id))
-        if not self.defer_grants:
+        if not self.rounds:
             self.grant_slots()
 
     def release_build_slot(self, goal_id: int) -> None:
         self.running.discard(goal_id)
         self.started.discard(goal_id)
         self.running_builds = len(self.started)
-        if not self.defer_grants:
+        if not self.rounds:
             self.grant_slots()
 
-    def grant_slots(self) -> None:
+    def advance(self) -> None:
+        """Between rounds (nothing busy, the worker's inbox empty): grant slots, else start the next round."""
+        if self.busy:
+            return
+        if self.grant_slots():
+            return  # the granted goals start their builds first, as within Nix's round
+        round_, self._next_round = self._next_round, []
+        while round_:
+            _, _, goal_id, message = heapq.heappop(round_)
+            goal = self.goals.get(goal_id)
+            if goal is not None:
+                self._send_now(goal, message)
+
+    def grant_slots(self) -> bool:
+        """Give free slots to waiting goals in key() order; whether any was given."""
+        granted = False
         while self._wanting_slot and len(self.running) < max(1, self.max_jobs):
             _, goal_id = heapq.heappop(self._wanting_slot)
             goal = self.goals.get(goal_id)
@@ -321,7 +351,33 @@ class Scheduler:
                 heapq.heappush(self._wanting_slot, (goal.key, goal_id))
                 return
             self.running.add(goal_id)
-            self._send(goal, Wake())
+            self._send_now(goal, Wake())
+            granted = True
+        return granted
+
+    def wake(self, goal_id: int) -> None:
+        """`wakeUp`, or a `waitForAWhile` elapsed: run the goal's state in the next round."""
+        goal = self.goals.get(goal_id)
+        if goal is not None:
+            self._activate(goal, Wake())
+
+    def goal_idle(self, goal_id: int) -> None:
+        """The goal handled a Wake/WaiteeDone/ResolvedFinished."""
+        count = self.busy.get(goal_id, 0) - 1
+        if count > 0:
+            self.busy[goal_id] = count
+        else:
+            self.busy.pop(goal_id, None)
+
+    def _activate(self, goal: GoalRecord, message: object) -> None:
+        if self.rounds:
+            heapq.heappush(self._next_round, (goal.key, next(self._seq), goal.id, message))
+        else:
+            self._send_now(goal, message)
+
+    def _send_now(self, goal: GoalRecord, message: object) -> None:
+        self.busy[goal.id] = self.busy.get(goal.id, 0) + 1
+        self._send(goal, message)
 
     def _fail_request(self, request: RequestRecord, error: str) -> None:
         """An error thrown out of `Worker::run`: the request ends with it, exit status 1."""

@@ -17,15 +17,19 @@ from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.paths import StorePath
 
-from .derivation_goal_state import Finished, PrintError, Wake, WaitForBuildSlot, WakeUp, WantSubstitution
+from .derivation_goal_state import (Finished, PrintError, ResolvedFinished, Wake, WaiteeDone, WaitForBuildSlot,
+                                    WakeUp, WantSubstitution)
 from .goal_context import LocalSubstitutionContext
 from .results import BuildResult, ExitCode, Status
 from .substitution_goal_state import RunSubstitution, SubstitutionFinished, SubstitutionGoalState, Warn
 from .worker import GoalServices
-from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalSaid, ReleaseBuildSlot,
-                              RequestBuildSlot)
+from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, ReleaseBuildSlot,
+                              RequestBuildSlot, RequestWake)
 
 logger = logging.getLogger(__name__)
+
+# what the worker sends to make a goal work; answered with GoalIdle once handled
+_ACTIVATIONS = (Wake, WaiteeDone, ResolvedFinished)
 
 
 class SubstitutionGoalActor(pykka.ThreadingActor):
@@ -57,6 +61,8 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
                 if isinstance(message, SubstitutionFinished):
                     self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
                 self._handle(message)
+                if isinstance(message, _ACTIVATIONS):
+                    self._tell_worker(GoalIdle(goal=self.goal_id))
 
     def on_failure(self, exc_type, exc_value, tb) -> None:
         logger.error("substitution goal crashed:\n%s", "".join(traceback.format_exception(exc_type, exc_value, tb)))
@@ -72,7 +78,7 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
                     case WantSubstitution():
                         self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
                     case WakeUp():
-                        pending.append(Wake())
+                        self._tell_worker(RequestWake(goal=self.goal_id))
                     case WaitForBuildSlot():
                         self._tell_worker(RequestBuildSlot(goal=self.goal_id))
                     case RunSubstitution():

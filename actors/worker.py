@@ -20,9 +20,9 @@ from goalkeeper.store.settings import Settings
 
 from .goal_context import StoreReader
 from .scheduler import GoalRecord, Scheduler
-from .worker_messages import (AddWaitee, BuildLogLine, GoalFinished, LogLine, Message, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
+from .worker_messages import (AddWaitee, BuildLogLine, GoalFinished, GoalIdle, LogLine, Message, RequestWake,
+                              WakeGoal, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
                               RequestBuildSlot, WaitAWhile)
-from .derivation_goal_state import Wake
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class WorkerActor(pykka.ThreadingActor):
         self.services = services
         self.poll_interval = poll_interval
         max_jobs = services.settings.get("max-jobs")
-        self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), defer_grants=True,
+        self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), rounds=True,
                                    start_goal=self._start_goal,
                                    send=self._send, notify=self._notify)
         self._timers: set[threading.Timer] = set()
@@ -88,7 +88,7 @@ class WorkerActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         self._handle(message)
         if self.actor_inbox.empty():
-            self.scheduler.grant_slots()
+            self.scheduler.advance()
 
     def _handle(self, message: Any) -> None:
         s = self.scheduler
@@ -107,6 +107,10 @@ class WorkerActor(pykka.ThreadingActor):
                 s.goal_finished(goal, finished)
             case WaitAWhile(goal=goal):
                 self._wait_a_while(goal)
+            case GoalIdle(goal=goal):
+                s.goal_idle(goal)
+            case WakeGoal(goal=goal) | RequestWake(goal=goal):
+                s.wake(goal)
             case Realise():
                 s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
                           message.done.set_result)
@@ -122,10 +126,18 @@ class WorkerActor(pykka.ThreadingActor):
                 raise TypeError(f"WorkerActor cannot handle {type(message).__name__}")
 
     def _wait_a_while(self, goal_id: int) -> None:
-        goal = self.scheduler.goals.get(goal_id)
-        if goal is None:
+        if goal_id not in self.scheduler.goals:
             return
-        timer = threading.Timer(self.poll_interval, lambda: (goal.ref.tell(Wake()), self._timers.discard(timer)))
+        me = self.actor_ref
+
+        def wake() -> None:
+            self._timers.discard(timer)
+            try:
+                me.tell(WakeGoal(goal=goal_id))
+            except pykka.ActorDeadError:
+                pass
+
+        timer = threading.Timer(self.poll_interval, wake)
         timer.daemon = True
         self._timers.add(timer)
         timer.start()

@@ -73,6 +73,27 @@ class WaitAWhile:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GoalIdle:
+    """The goal handled a Wake, WaiteeDone or ResolvedFinished from the worker."""
+
+    goal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestWake:
+    """`worker.wakeUp(goal)`: run the goal's next state in the worker's next round."""
+
+    goal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WakeGoal:
+    """A goal's wait for a while elapsed (from a timer thread)."""
+
+    goal: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GoalStarted:
     """A build (or substitution) started: its message for the user and the running counter."""
 
