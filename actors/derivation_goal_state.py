@@ -152,6 +152,9 @@ class Finished:
     exit_code: ExitCode
     result: BuildResult
     failure: FailureKind | None = None
+    # The seed threw an Error out of work(): Nix's Worker::run stops and buildPaths throws
+    # it, so every run this goal belongs to ends with this message alone (exit 1).
+    thrown: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -318,9 +321,9 @@ class DerivationGoalState:
                 case _:
                     raise TypeError(f"unexpected event {event!r}")
         except (GoalError, StoreError) as e:
-            # The seed throws these out of work(); Nix then ends the whole run with the
-            # message and exit 1, which is what a MiscFailure of this goal amounts to.
-            self._done(Status.MiscFailure, str(e))
+            # The seed throws these out of work(): Nix then ends the whole run with the
+            # message and exit 1 (`Finished.thrown`).
+            self._done(Status.MiscFailure, str(e), thrown=True)
         return self._effects
 
     def _emit(self, effect: Effect) -> None:
@@ -651,7 +654,8 @@ class DerivationGoalState:
         return prefix + path.base
 
     def _done(self, status: Status, message: str = "", failure: FailureKind | None = None,
-              is_non_deterministic: bool = False, built_outputs: dict[str, str] | None = None) -> None:
+              is_non_deterministic: bool = False, built_outputs: dict[str, str] | None = None,
+              thrown: bool = False) -> None:
         """`DerivationGoal::done`."""
         if built_outputs is None and status.success and self.drv is not None:
             built_outputs = {name: self._print(s.known.path) for name, s in self.initial_outputs.items()
@@ -661,10 +665,11 @@ class DerivationGoalState:
             is_non_deterministic=is_non_deterministic, start_time=self.start_time,
             stop_time=self.stop_time, built_outputs=built_outputs or {},
         )
-        self._finish(ExitCode.SUCCESS if status.success else ExitCode.FAILED, result, failure)
+        self._finish(ExitCode.SUCCESS if status.success else ExitCode.FAILED, result, failure, thrown)
 
-    def _finish(self, code: ExitCode, result: BuildResult, failure: FailureKind | None = None) -> None:
-        self.finished = Finished(exit_code=code, result=result, failure=failure)
+    def _finish(self, code: ExitCode, result: BuildResult, failure: FailureKind | None = None,
+                thrown: bool = False) -> None:
+        self.finished = Finished(exit_code=code, result=result, failure=failure, thrown=thrown)
         self.state = self._after_done
         self._emit(self.finished)
 

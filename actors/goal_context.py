@@ -38,8 +38,9 @@ class StoreReader:
         self.store = store
         self._lock = threading.Lock()
         self._db = store.layout.connect()
-        # Paths whose contents were checked (or just written) in this run: `markContentsGood`.
-        self._good: set[StorePath] = set()
+        # `pathContentsGoodCache`: Nix keeps one per Worker, i.e. per run; the worker
+        # clears it when a run starts with no other run going (`forget_contents_checks`).
+        self._contents_good: dict[StorePath, bool] = {}
 
     def close(self) -> None:
         with self._lock:
@@ -68,23 +69,27 @@ class StoreReader:
         return None if real is None else real.out_path
 
     def mark_contents_good(self, path: StorePath) -> None:
-        self._good.add(path)
+        self._contents_good[path] = True
 
-    def path_contents_good(self, path: StorePath) -> bool:
-        """`pathContentsGood`: the path exists and its NAR hash is the registered one."""
-        if path in self._good:
-            return True
+    def forget_contents_checks(self) -> None:
+        self._contents_good = {}
+
+    def path_contents_good(self, path: StorePath, say: Callable[[str], None]) -> bool:
+        """`Worker::pathContentsGood`: the path exists and its NAR hash is the registered one."""
+        cached = self._contents_good.get(path)
+        if cached is not None:
+            return cached
+        printed = self.store.print(path)
+        say(f"checking path '{printed}'...")
         info = self.query_path_info(path)
-        real = self.store.real_path(path)
-        if info is None:
-            return False
         try:
-            current, _ = hash_path(real, info.nar_hash.algo)
+            current, _ = hash_path(self.store.real_path(path), info.nar_hash.algo) if info else (None, 0)
+            good = info is not None and (info.nar_hash == current or info.nar_hash.digest == bytes(32))
         except FileNotFoundError:
-            return False
-        good = current == info.nar_hash
-        if good:
-            self._good.add(path)
+            good = False
+        self._contents_good[path] = good
+        if not good:
+            say(f"path '{printed}' is corrupted or missing!")
         return good
 
 
@@ -103,6 +108,7 @@ class LocalGoalContext:
         self.ca_derivations = store.layout.ca_derivations
         self.build_repeat = int(settings.get("repeat"))
         self.printed_drv_path = store.print(drv_path)
+        self._say = on_wait  # messages for the user
         self._output_locks = PathLocks(on_wait=on_wait)
         self._drv_cache: dict[StorePath, Derivation] = {}
 
@@ -129,7 +135,7 @@ class LocalGoalContext:
         return self.reader.query_realisation(output_hash, output_name)
 
     def path_contents_good(self, path: StorePath) -> bool:
-        return self.reader.path_contents_good(path)
+        return self.reader.path_contents_good(path, self._say)
 
     def compute_fs_closure(self, paths: list[StorePath]) -> set[StorePath]:
         return self.reader.compute_fs_closure(paths)

@@ -78,6 +78,7 @@ class Scheduler:
         self.rounds = rounds
         self._next_round: list[tuple[str, int, int, object]] = []  # heap: (key, seq, goal id, message)
         self._seq = itertools.count()
+        self._thrown: list[tuple[str, int, GoalRecord]] = []  # goals that threw this round
         self._start_goal = start_goal
         self._send = send
         self._notify = notify
@@ -211,6 +212,13 @@ class Scheduler:
         goal.finished = finished
         self._forget(goal)
         result = finished.result
+        if finished.thrown:
+            if self.rounds:
+                # Nix stops at the first goal (in key order) that throws in a round
+                heapq.heappush(self._thrown, (goal.key, goal.id, goal))
+            else:
+                self._abort_requests_of(goal)
+            return
         if goal.kind == "drv":
             if result.success:
                 if result.status is Status.Built:
@@ -326,10 +334,16 @@ class Scheduler:
         if not self.rounds:
             self.grant_slots()
 
+    def _abort_requests_of(self, goal: GoalRecord) -> None:
+        for request in self._requests_of(goal):
+            self._fail_request(request, goal.finished.result.error_msg)
+
     def advance(self) -> None:
         """Between rounds (nothing busy, the worker's inbox empty): grant slots, else start the next round."""
         if self.busy:
             return
+        while self._thrown:
+            self._abort_requests_of(heapq.heappop(self._thrown)[2])
         if self.grant_slots():
             return  # the granted goals start their builds first, as within Nix's round
         round_, self._next_round = self._next_round, []

@@ -122,7 +122,7 @@ class SubstitutionGoalState:
                     raise TypeError(f"unexpected event {event!r}")
         except StoreError as e:
             # Nix lets these escape work() and end the run; here the goal fails with the message.
-            self._done(ExitCode.FAILED, Status.MiscFailure, str(e))
+            self._done(ExitCode.FAILED, Status.MiscFailure, str(e), thrown=True)
         return self._effects
 
     def _printed(self) -> str:
@@ -244,9 +244,10 @@ class SubstitutionGoalState:
     def _emit(self, effect) -> None:
         self._effects.append(effect)
 
-    def _done(self, code: ExitCode, status: Status, message: str = "") -> None:
+    def _done(self, code: ExitCode, status: Status, message: str = "", thrown: bool = False) -> None:
         """`PathSubstitutionGoal::done`: the message goes into the result, not to the user."""
-        self.finished = Finished(exit_code=code, result=BuildResult(status=status, error_msg=message))
+        self.finished = Finished(exit_code=code, result=BuildResult(status=status, error_msg=message),
+                                 thrown=thrown)
         self.state = self._after_done
         self._emit(self.finished)
 

@@ -112,6 +112,8 @@ class WorkerActor(pykka.ThreadingActor):
             case WakeGoal(goal=goal) | RequestWake(goal=goal):
                 s.wake(goal)
             case Realise():
+                if not s.requests:
+                    self.services.reader.forget_contents_checks()  # a new "Worker" in Nix's terms
                 s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
                           message.done.set_result)
             case BuildLogLine(drv_path=drv_path, line=line, is_message=is_message):
