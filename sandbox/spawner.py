@@ -23,6 +23,7 @@ group.  Builds hold a lifeline pipe to the spawner and PR_SET_PDEATHSIG(SIGKILL)
 from __future__ import annotations
 
 import array
+import gc
 import os
 import selectors
 import _signal
@@ -197,6 +198,7 @@ class SpawnerLoop:
         fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r, sync_w=sync_w,
                              lifeline_r=self._lifeline_r, lifeline_w=self._lifeline_w)
         if pid == 0:  # the child; never returns
+            gc.disable()  # a collection would touch (copy) every page of the heap before exec
             child.run(spec, fds, seccomp_filter)
         forked_ns = time.perf_counter_ns()
         for fd in (slave, setup_w, sync_r):
@@ -391,6 +393,9 @@ def main(argv: list[str]) -> int:
     # child also closes it in close-fds, but no builder should ever hold the channel).
     os.set_inheritable(sock_fd, False)
     sock = socket.socket(fileno=sock_fd)
+    # Everything imported so far lives as long as we do: keep it out of the collector,
+    # so forked children share those pages instead of copying them (gc.freeze's purpose).
+    gc.freeze()
     SpawnerLoop(sock).run()
     return 0
 
