@@ -84,15 +84,22 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 if isinstance(message, _ACTIVATIONS):
                     self._tell_worker(GoalIdle(goal=self.goal_id))
 
+    def on_stop(self) -> None:
+        # Store calls made on this thread (moving outputs, writing a resolved drv) opened a
+        # connection for it; the thread ends now, so must the connection.
+        self.services.store.release_thread_db()
+
     def on_failure(self, exc_type, exc_value, tb) -> None:
         # A bug, not an expected failure: report the goal failed so nothing waits forever.
         logger.error("derivation goal for %s crashed:\n%s", self.ctx.printed_drv_path,
                      "".join(traceback.format_exception(exc_type, exc_value, tb)))
-        self._kill_build()
-        self.ctx.unlock_outputs(delete=False)
         result = BuildResult(status=Status.MiscFailure, error_msg=f"internal error: {exc_value}")
+        # reported first: nothing may keep the run waiting for this goal
         self._tell_worker(GoalFinished(goal=self.goal_id, finished=Finished(exit_code=ExitCode.FAILED,
                                                                                 result=result)))
+        self._kill_build()
+        self.ctx.unlock_outputs(delete=False)
+        self.services.store.release_thread_db()
 
     def _handle(self, event) -> None:
         pending = [event]
@@ -116,7 +123,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
             case StartBuild():
                 self._start_build(pending)
             case Started(message=message):
-                self._tell_worker(GoalStarted(goal=self.goal_id, message=message))
+                if self.build_id is not None:  # not when startBuilder refused: Nix prints nothing then
+                    self._tell_worker(GoalStarted(goal=self.goal_id, message=message))
             case RegisterOutputs():
                 pending.append(self._register_outputs())
             case ResolveAndBuild():

@@ -308,7 +308,9 @@ class DerivationGoalState:
                     self.start_time = t
                 case BuildSetupFailed(message=msg, input_rejected=rejected):
                     self.ctx.unlock_outputs(delete=False)
-                    self._done(Status.InputRejected if rejected else Status.MiscFailure, msg)
+                    # a BuildError is InputRejected; a plain Error escapes work() and ends the run
+                    status = Status.InputRejected if rejected else Status.MiscFailure
+                    self._done(status, msg, thrown=not rejected)
                 case BuildExited():
                     self.build_done(event)
                 case BuildKilled(status=status, message=msg):

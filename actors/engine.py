@@ -15,8 +15,11 @@ events; keep them quick.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+
+import pykka
 
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.paths import StorePath
@@ -49,6 +52,8 @@ class Engine:
 
         self.store = store
         self.settings = settings
+        self._pending: set[Future] = set()  # futures of realise() calls not yet answered
+        self._pending_lock = threading.Lock()
         self._closed = False
         self._store_ref = start_store_actor(store)
         self._reader = StoreReader(store)
@@ -73,9 +78,17 @@ class Engine:
         if keep_going is None:
             keep_going = bool(self.settings.get("keep-going"))
         done: Future = Future()
-        self._worker_ref.tell(Realise(targets=tuple(targets), build_mode=build_mode, keep_going=keep_going,
-                                      observer=observer, done=done))
-        return done.result()
+        with self._pending_lock:
+            self._pending.add(done)
+        try:
+            self._worker_ref.tell(Realise(targets=tuple(targets), build_mode=build_mode, keep_going=keep_going,
+                                          observer=observer, done=done))
+            return done.result()
+        except pykka.ActorDeadError:
+            raise RuntimeError("the build engine has stopped") from None
+        finally:
+            with self._pending_lock:
+                self._pending.discard(done)
 
     def query_missing(self, targets: Sequence[DerivedPath]) -> Missing:
         return query_missing(self._reader, list(targets))
@@ -86,6 +99,12 @@ class Engine:
             return
         self._closed = True
         stop_worker(self._worker_ref)
+        # A request still queued when the worker stopped was never seen by it.
+        with self._pending_lock:
+            pending = list(self._pending)
+        for done in pending:
+            if not done.done():
+                done.set_result(Realised(results={}, exit_status=1, error="the build engine was stopped"))
         self._runner.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._store_ref.stop()

@@ -46,6 +46,7 @@ class GoalRecord:
     requests: frozenset[int] = frozenset()
     top_of: set[int] = field(default_factory=set)
     finished: Finished | None = None
+    logged: bool = False  # its error was printed when it finished (it had waiters): no `ex`
 
 
 @dataclass(eq=False, slots=True)
@@ -128,7 +129,7 @@ class Scheduler:
             if finished is not None and finished.exit_code is ExitCode.SUCCESS:
                 continue
             failed.add(self.store_dir.print(goal.path))
-            if finished is not None and goal.kind == "drv" and goal.id not in seen:
+            if finished is not None and goal.kind == "drv" and not goal.logged and goal.id not in seen:
                 errors.append(finished.result.error_msg)
             seen.add(goal.id)
         error = None
@@ -239,6 +240,7 @@ class Scheduler:
         if goal.kind == "drv" and not result.success and live_waiters:
             # amDone: a goal with waiters logs its error now; a top goal's is thrown at the end
             self._say(goal, f"error: {result.error_msg}")
+            goal.logged = True
         cut_short = False
         for waiter, resolved in live_waiters:
             waiter.waitees.discard(goal.id)

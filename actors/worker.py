@@ -87,8 +87,10 @@ class WorkerActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         self._handle(message)
-        if self.actor_inbox.empty():
-            self.scheduler.advance()
+        # A round ends when every goal answered what it was sent: each goal's own messages
+        # reach us before its GoalIdle, so nothing else in the inbox (build logs, builds
+        # ending) belongs to this round and need not hold it up.
+        self.scheduler.advance()
 
     def _handle(self, message: Any) -> None:
         s = self.scheduler

@@ -217,3 +217,19 @@ def test_missing_opaque_path_fails_with_build_of():
     # a substitution goal's message is in its result only: Nix throws "build of … failed"
     assert h.results[0].error == f"build of '{SD.print(path('p'))}' failed"
     assert h.results[0].exit_status == 1
+
+
+def test_an_error_printed_when_its_goal_finished_is_not_printed_again_at_the_end():
+    h = Harness()
+    h.realise(DerivedPath(drv("bad"), frozenset()), DerivedPath(drv("top"), frozenset()), keep_going=True)
+    bad, top = h.goal(drv("bad")), h.goal(drv("top"))
+    h.s.add_waitee(top.id, WantDerivation(drv_path=drv("bad"), wanted_outputs=frozenset({"out"}),
+                                          build_mode=BuildMode.Normal), False)
+    h.finish(bad.id, Status.PermanentFailure, "builder failed")
+    h.finish(top.id, Status.DependencyFailed, "1 dependencies of derivation 'top' failed to build")
+    messages = [e.text for e in h.events if isinstance(e, Message)]
+    # Nix: amDone logs bad's error (it has a waiter), so bad keeps no `ex`; top's is thrown
+    assert messages.count("error: builder failed") == 1
+    assert h.results[0].error == "build of " + ", ".join(f"'{SD.print(d)}'" for d in sorted(
+        [drv("bad"), drv("top")], key=SD.print)) + " failed"
+    assert messages[-1] == "error: 1 dependencies of derivation 'top' failed to build"
