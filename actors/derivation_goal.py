@@ -29,7 +29,7 @@ from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSe
 from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
-from .worker import GoalServices
+from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, GoalStarted,
                               ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
 
@@ -61,10 +61,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
     # -- messages --------------------------------------------------------------------------
 
     def _tell_worker(self, message: object) -> None:
-        try:
-            self.worker_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # the engine is shutting down
+        tell_worker(self.worker_ref, message)
 
     def on_receive(self, message: Any) -> None:
         match message:

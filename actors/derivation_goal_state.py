@@ -262,7 +262,29 @@ class GoalContext(Protocol):
     def add_temp_root(self, path: StorePath) -> None: ...
 
 
-class DerivationGoalState:
+class GoalBase:
+    """What Nix's `Goal` gives both goal kinds: `waiteeDone`'s counting.
+
+    Subclasses set `waitees`, `nr_failed`, `nr_no_substituters`, `nr_incomplete_closure`,
+    `state` and a `ctx` with `keep_going`.
+    """
+
+    def _waitee_done(self, code: ExitCode) -> None:
+        """`Goal::waiteeDone`: count failures; run the state when all are done (or on failure
+        without keep-going, when the seed drops the remaining waitees)."""
+        self.waitees -= 1
+        if code in (ExitCode.FAILED, ExitCode.NO_SUBSTITUTERS, ExitCode.INCOMPLETE_CLOSURE):
+            self.nr_failed += 1
+        if code is ExitCode.NO_SUBSTITUTERS:
+            self.nr_no_substituters += 1
+        if code is ExitCode.INCOMPLETE_CLOSURE:
+            self.nr_incomplete_closure += 1
+        if self.waitees == 0 or (code is ExitCode.FAILED and not self.ctx.keep_going):
+            self.waitees = 0
+            self.state()
+
+
+class DerivationGoalState(GoalBase):
     """One derivation goal; `handle(event)` runs the seed's state and returns effects."""
 
     def __init__(self, drv_path: StorePath, wanted_outputs: frozenset[str], build_mode: BuildMode,
@@ -334,20 +356,6 @@ class DerivationGoalState:
     def _add_waitee(self, effect: WantDerivation | WantSubstitution) -> None:
         self.waitees += 1
         self._emit(effect)
-
-    def _waitee_done(self, code: ExitCode) -> None:
-        """`Goal::waiteeDone`: count failures; run the state when all are done (or on failure
-        without keep-going, when the seed drops the remaining waitees)."""
-        self.waitees -= 1
-        if code in (ExitCode.FAILED, ExitCode.NO_SUBSTITUTERS, ExitCode.INCOMPLETE_CLOSURE):
-            self.nr_failed += 1
-        if code is ExitCode.NO_SUBSTITUTERS:
-            self.nr_no_substituters += 1
-        if code is ExitCode.INCOMPLETE_CLOSURE:
-            self.nr_incomplete_closure += 1
-        if self.waitees == 0 or (code is ExitCode.FAILED and not self.ctx.keep_going):
-            self.waitees = 0
-            self.state()
 
     # -- the seed's states -----------------------------------------------------------------
 

@@ -161,26 +161,24 @@ class Scheduler:
             self._send(goal, AddWantedOutputs(outputs=frozenset(outputs or ())))
             self._add_requests(goal, requests)
             return goal
-        printed = self.store_dir.print(drv_path)
-        goal = GoalRecord(next(self._ids), "drv", drv_path, f"b${drv_path.name}${printed}", keep_going,
-                          requests=requests)
-        self.goals[goal.id] = goal
-        self.derivation_goals[drv_path] = goal
-        goal.ref = self._start_goal(goal, (frozenset(outputs or ()), build_mode))
-        self._activate(goal, Wake())
-        return goal
+        return self._new_goal("drv", drv_path, keep_going, requests, (frozenset(outputs or ()), build_mode))
 
     def _substitution_goal(self, path: StorePath, repair: bool, ca, keep_going, requests) -> GoalRecord:
         goal = self.substitution_goals.get(path)
         if goal is not None:
             self._add_requests(goal, requests)
             return goal
-        printed = self.store_dir.print(path)
-        goal = GoalRecord(next(self._ids), "subst", path, f"a${path.name}${printed}", keep_going,
-                          requests=requests)
+        return self._new_goal("subst", path, keep_going, requests, (repair, ca))
+
+    def _new_goal(self, kind: str, path: StorePath, keep_going: bool, requests: frozenset[int],
+                  params) -> GoalRecord:
+        # key(): "a$" (substitutions) sorts before "b$" (derivations), then by name and path
+        prefix, table = ("b", self.derivation_goals) if kind == "drv" else ("a", self.substitution_goals)
+        key = f"{prefix}${path.name}${self.store_dir.print(path)}"
+        goal = GoalRecord(next(self._ids), kind, path, key, keep_going, requests=requests)
         self.goals[goal.id] = goal
-        self.substitution_goals[path] = goal
-        goal.ref = self._start_goal(goal, (repair, ca))
+        table[path] = goal
+        goal.ref = self._start_goal(goal, params)
         self._activate(goal, Wake())
         return goal
 

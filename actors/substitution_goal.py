@@ -22,7 +22,7 @@ from .derivation_goal_state import (Finished, PrintError, ResolvedFinished, Wake
 from .goal_context import LocalSubstitutionContext
 from .results import BuildResult, ExitCode, Status
 from .substitution_goal_state import RunSubstitution, SubstitutionFinished, SubstitutionGoalState, Warn
-from .worker import GoalServices
+from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, ReleaseBuildSlot,
                               RequestBuildSlot, RequestWake)
 
@@ -45,10 +45,7 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
         self._cancelled = False
 
     def _tell_worker(self, message: object) -> None:
-        try:
-            self.worker_ref.tell(message)
-        except pykka.ActorDeadError:
-            pass  # the engine is shutting down
+        tell_worker(self.worker_ref, message)
 
     def on_receive(self, message: Any) -> None:
         match message:

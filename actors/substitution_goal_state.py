@@ -21,7 +21,7 @@ from goalkeeper.store.errors import StoreError
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StoreDir, StorePath
 
-from .derivation_goal_state import (Finished, PrintError, Wake, WaiteeDone, WaitForBuildSlot, WakeUp,
+from .derivation_goal_state import (Finished, GoalBase, PrintError, Wake, WaiteeDone, WaitForBuildSlot, WakeUp,
                                     WantSubstitution)
 from .results import BuildResult, ExitCode, Status
 
@@ -83,7 +83,7 @@ class SubstitutionContext(Protocol):
     def mark_contents_good(self, path: StorePath) -> None: ...
 
 
-class SubstitutionGoalState:
+class SubstitutionGoalState(GoalBase):
     """One substitution goal; `handle(event)` runs the current state and returns effects."""
 
     def __init__(self, path: StorePath, repair: bool, ca: ContentAddress | None, ctx: SubstitutionContext):
@@ -228,18 +228,6 @@ class SubstitutionGoalState:
             return
         self.ctx.mark_contents_good(self.path)
         self._done(ExitCode.SUCCESS, Status.Substituted)
-
-    def _waitee_done(self, code: ExitCode) -> None:
-        self.waitees -= 1
-        if code in (ExitCode.FAILED, ExitCode.NO_SUBSTITUTERS, ExitCode.INCOMPLETE_CLOSURE):
-            self.nr_failed += 1
-        if code is ExitCode.NO_SUBSTITUTERS:
-            self.nr_no_substituters += 1
-        if code is ExitCode.INCOMPLETE_CLOSURE:
-            self.nr_incomplete_closure += 1
-        if self.waitees == 0 or (code is ExitCode.FAILED and not self.ctx.keep_going):
-            self.waitees = 0
-            self.state()
 
     def _emit(self, effect) -> None:
         self._effects.append(effect)

@@ -159,6 +159,14 @@ class WorkerActor(pykka.ThreadingActor):
         self.scheduler.abort_all("the build engine was stopped")
 
 
+def tell_worker(worker_ref: pykka.ActorRef, message: object) -> None:
+    """A goal's message to the worker; dropped once the engine is shutting down."""
+    try:
+        worker_ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
+
+
 def stop_worker(worker_ref: pykka.ActorRef) -> None:
     """End every request with an error, cancel every goal, and stop the worker."""
     try:
