@@ -72,6 +72,11 @@ class StoreActor(pykka.ThreadingActor):
         #: Transactions committed and registrations served; for tests and monitoring.
         self.commits = 0
         self.registrations = 0
+        # Route registrations to us from the moment `start()` returns, not only once our
+        # thread runs `on_start`: until then no thread is the owner, so every caller's
+        # registration queues in our inbox (served after on_start) instead of being
+        # written by the caller itself.
+        store.set_registrar(self._register_from_other_thread, owner_thread=0)
 
     def on_start(self) -> None:
         # Runs in the actor's thread: the store hands out this thread's own connection.
