@@ -1,0 +1,1 @@
+"""goalkeeper daemon: Nix worker-protocol server (re-exports only)."""
