@@ -348,8 +348,8 @@ def _open_disk_cache(settings, warn: Say) -> NarInfoDiskCache | None:
 
 
 def query_substitutable_path_infos(substituters: Sequence[BinaryCacheSubstituter], paths: Iterable[StorePath],
-                                   *, try_fallback: bool = False,
-                                   on_error: Say | None = None) -> dict[StorePath, NarInfo]:
+                                   *, try_fallback: bool = False, on_error: Say | None = None,
+                                   store_dir=None) -> dict[StorePath, NarInfo]:
     """`Store::querySubstitutablePathInfos`: the first substituter (in order) that has each path.
 
     Errors of one cache are printed and skipped with `try_fallback`, raised without it, as Nix.
@@ -357,8 +357,92 @@ def query_substitutable_path_infos(substituters: Sequence[BinaryCacheSubstituter
     wanted = list(dict.fromkeys(paths))
     found: dict[StorePath, NarInfo] = {}
     for sub in substituters:
+        if store_dir is not None and sub.store_dir != store_dir:
+            continue  # no content address to recompute the path with, as Nix for plain paths
         todo = [p for p in wanted if p not in found]
         if not todo:
             break
         found.update(sub.query_path_infos(todo, on_error=on_error if try_fallback else None))
     return found
+
+
+def close_substituters(substituters: Iterable[BinaryCacheSubstituter]) -> None:
+    """Release the disk caches' connections (HTTP connections close with their threads)."""
+    closed: set[int] = set()
+    for sub in substituters:
+        cache = sub.disk_cache
+        if cache is not None and id(cache) not in closed:
+            closed.add(id(cache))
+            cache.close()
+
+
+def query_missing(store, substituters: Sequence[BinaryCacheSubstituter], targets, *, use_substitutes: bool = True,
+                  try_fallback: bool = False, on_error: Say | None = None):
+    """`Store::queryMissing` with substituters: what will be built, fetched, or is unknown.
+
+    Nix walks the graph on a thread pool with one narinfo query per path; here the
+    walk goes level by level and each level's queries run at once
+    (`query_substitutable_path_infos`), which is what makes 800 lookups cheap.
+    Returns an `actors.query_missing.Missing`.
+    """
+    from .query_missing import Missing
+    from .worker_messages import DerivedPath
+
+    missing = Missing()
+    done: set = set()
+    frontier = list(targets)
+    while frontier:
+        next_level: list = []
+        opaque: list[StorePath] = []
+        outputs_to_check: list[tuple[StorePath, object, list[StorePath]]] = []  # (drv path, drv, invalid outputs)
+        for target in frontier:
+            if target in done:
+                continue
+            done.add(target)
+            if not target.is_built:
+                if not store.is_valid_path(target.path):
+                    opaque.append(target.path)
+                continue
+            if not store.is_valid_path(target.path):
+                missing.unknown.add(target.path)  # "FIXME: we could try to substitute the derivation"
+                continue
+            outputs = store.query_partial_derivation_output_map(target.path)
+            known = all(path is not None for path in outputs.values())
+            invalid = sorted({path for name, path in outputs.items()
+                              if path is not None and (not target.outputs or name in target.outputs)
+                              and not store.is_valid_path(path)})
+            if known and not invalid:
+                continue
+            drv = store.read_derivation(target.path)
+            if known and use_substitutes and drv.env.get("allowSubstitutes", "1") == "1":
+                outputs_to_check.append((target.path, drv, invalid))
+            else:
+                _must_build(missing, target.path, drv, next_level)
+        paths = opaque + [p for _, _, outs in outputs_to_check for p in outs]
+        infos = query_substitutable_path_infos(substituters, paths, try_fallback=try_fallback, on_error=on_error,
+                                               store_dir=store.store_dir)
+        for path in opaque:
+            narinfo = infos.get(path)
+            if narinfo is None:
+                missing.unknown.add(path)
+                continue
+            missing.will_substitute.add(path)
+            missing.download_size += narinfo.file_size
+            missing.nar_size += narinfo.info.nar_size
+            next_level.extend(DerivedPath(ref) for ref in sorted(narinfo.info.references))
+        for drv_path, drv, outs in outputs_to_check:
+            if all(out in infos for out in outs):
+                next_level.extend(DerivedPath(out) for out in outs)  # all substitutable: fetch them
+            else:
+                _must_build(missing, drv_path, drv, next_level)
+        frontier = next_level
+    return missing
+
+
+def _must_build(missing, drv_path: StorePath, drv, next_level: list) -> None:
+    """`mustBuildDrv`: the derivation will be built, so its input derivations are wanted."""
+    from .worker_messages import DerivedPath
+
+    missing.will_build.add(drv_path)
+    for input_drv, wanted in sorted(drv.input_drvs.items()):
+        next_level.append(DerivedPath(input_drv, frozenset(wanted)))

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--repair", action="store_true", help="check the closure's contents and rebuild what is corrupt")
     parser.add_argument("--dry-run", action="store_true", help="only print what would be built")
     parser.add_argument("--json", action="store_true", help="print the build results as JSON instead of the paths")
+    parser.add_argument("--fallback", action="store_true",
+                        help="build from source when substituting a path fails (setting 'fallback')")
 
 
 def run(args: argparse.Namespace, ctx) -> int:
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace, ctx) -> int:
             settings.set(name, value)
     if args.keep_going:
         settings.set("keep-going", "true")
+    if args.fallback:
+        settings.set("fallback", "true")
 
     store = ctx.open_store()
     targets = [parse_target(store, text) for text in args.paths]
@@ -69,10 +73,21 @@ def run(args: argparse.Namespace, ctx) -> int:
     build_mode = BuildMode.Check if args.check else BuildMode.Repair if args.repair else BuildMode.Normal
     printer = _Printer(ctx.stderr)
 
+    # Binary caches from `substituters` (`--option substituters …` included), in priority order.
+    from goalkeeper.actors.binary_cache_substituter import close_substituters, substituters_from_settings
+
+    substituters = substituters_from_settings(store, settings, warn=printer.line, say=printer.line)
     # nix-store's logger shows every build log line, so Nix leaves the log tail out of build errors.
-    engine = Engine(store, settings, logger_is_verbose=True)
+    engine = Engine(store, settings, substituters=substituters, logger_is_verbose=True)
     try:
-        missing = engine.query_missing(targets)
+        if substituters:
+            # queryMissing asks the caches (in parallel) what they can fetch instead of building
+            from goalkeeper.actors.binary_cache_substituter import query_missing
+
+            missing = query_missing(store, substituters, targets, use_substitutes=bool(settings.get("substitute")),
+                                    try_fallback=bool(settings.get("fallback")), on_error=printer.line)
+        else:
+            missing = engine.query_missing(targets)
         if settings.print_missing:
             print_missing(store, missing, printer.line)
         if args.dry_run:
@@ -83,6 +98,7 @@ def run(args: argparse.Namespace, ctx) -> int:
         realised = engine.realise(targets, build_mode=build_mode, observer=printer.event)
     finally:
         engine.close()
+        close_substituters(substituters)
 
     if args.json:
         results = [result_json(store, target, realised.results.get(target)) for target in targets]
