@@ -57,6 +57,11 @@ def has_read_pulled_nar(m: int) -> bool:
     return 21 <= m < 23
 
 
+def has_substitutable_ca_map(m: int) -> bool:
+    """QuerySubstitutablePathInfos sends a path -> CA map (else a path set)."""
+    return m >= 22
+
+
 def has_framed_nar(m: int) -> bool:
     """AddToStoreNar's NAR arrives as a framed stream."""
     return m >= 23

@@ -1,0 +1,225 @@
+"""Handlers of the build ops (BuildPaths, BuildPathsWithResults, BuildDerivation, EnsurePath).
+
+Builds go to the daemon's one long-lived engine. While a request runs, the
+engine's events reach the client as nix-daemon's worker would send them: a
+`building '…'` message starts a Build activity (type 105, fields drvPath,
+machine, round, rounds), each builder line is a BuildLogLine result (101) on
+it, other messages are log lines; the activities stop when the request ends.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from goalkeeper.protocol import stderr, version
+from goalkeeper.protocol.ops import Op
+from goalkeeper.protocol.serializers import (DerivedPath, WireBuildResult, read_basic_derivation,
+                                             read_derived_paths, read_path, realisation_json,
+                                             write_build_result_body)
+from goalkeeper.protocol.wire import WireReader, WireWriter
+from goalkeeper.store.derivation_hash import static_output_hashes
+from goalkeeper.store.errors import StoreError
+from goalkeeper.store.hashes import Base
+from goalkeeper.store.paths import StorePath
+
+BM_NORMAL, BM_REPAIR, BM_CHECK = 0, 1, 2
+_BUILDING = re.compile(r"building '([^']+)'(?: \(round (\d+)/(\d+)\))?")
+ERROR_PREFIX = "\x1b[31;1merror:\x1b[0m "  # how Nix's logger renders "error:" sent as a log line
+WARNING_PREFIX = "\x1b[35;1mwarning:\x1b[0m "
+
+
+class BuildEvents:
+    """The engine observer of one request: translates engine events into the client's stderr messages."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._acts: dict[str, int] = {}  # printed drv path -> Build activity
+
+    def __call__(self, event) -> None:
+        kind = type(event).__name__
+        if kind == "Message":
+            self._message(event.text)
+        elif kind == "LogLine":
+            printed = self._conn.store_dir.print(event.drv_path)
+            act = self._acts.get(printed)
+            if act is None:
+                self._conn.log(event.line)
+            else:
+                self._conn.result(act, stderr.RES_BUILD_LOG_LINE, (event.line,))
+        # Progress: nix-daemon reports it on the Builds activity, which the plain client does not show.
+
+    def _message(self, text: str) -> None:
+        match = _BUILDING.fullmatch(text)
+        if match:
+            printed = match.group(1)
+            cur, total = int(match.group(2) or 1), int(match.group(3) or 1)
+            act = self._conn.start_activity(stderr.ACT_BUILD, text, (printed, "", cur, total))
+            with self._lock:
+                old = self._acts.pop(printed, None)
+                self._acts[printed] = act
+            if old is not None:
+                self._conn.stop_activity(old)
+            return
+        if text.startswith("error: "):
+            self._conn.log(ERROR_PREFIX + text[len("error: "):].replace("\n", "\n       "), stderr.LVL_ERROR)
+        elif text.startswith("warning: "):
+            self._conn.log(WARNING_PREFIX + text[len("warning: "):], stderr.LVL_WARN)
+        else:
+            self._conn.log(text, stderr.LVL_ERROR)  # printError: the builder's failure notes and the like
+
+    def stop_all(self) -> None:
+        with self._lock:
+            acts, self._acts = list(self._acts.values()), {}
+        for act in acts:
+            self._conn.stop_activity(act)
+
+
+def _read_build_mode(conn, r: WireReader) -> int:
+    mode = r.u64() if version.has_build_mode(conn.minor) else BM_NORMAL
+    if mode not in (BM_NORMAL, BM_REPAIR, BM_CHECK):
+        raise StoreError(f"invalid build mode {mode}")
+    return mode
+
+
+def _check_mode_allowed(conn, mode: int) -> None:
+    # daemon.cc: "repairing or checking is not allowed because you are not in 'trusted-users'"
+    if mode == BM_REPAIR and not conn.trusted:
+        raise StoreError("repairing or checking is not allowed because you are not in 'trusted-users'")
+
+
+def _realise(conn, targets: list[DerivedPath], mode: int):
+    events = BuildEvents(conn)
+    try:
+        return conn.daemon.realise(targets, mode, keep_going=conn.options.keep_going, observer=events)
+    finally:
+        events.stop_all()
+
+
+def build_paths(conn, r: WireReader) -> None:
+    targets = read_derived_paths(r, conn.store_dir, conn.minor)
+    mode = _read_build_mode(conn, r)
+    conn.start_work()
+    _check_mode_allowed(conn, mode)
+    realised = _realise(conn, targets, mode)
+    if realised.error is not None:
+        raise _BuildFailed(realised.error, realised.exit_status)
+    conn.finish(WireWriter().u64(1))
+
+
+class _BuildFailed(StoreError):
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.exit_status = status or 1
+
+
+def build_paths_with_results(conn, r: WireReader) -> None:
+    targets = read_derived_paths(r, conn.store_dir, conn.minor)
+    mode = _read_build_mode(conn, r)
+    conn.start_work()
+    _check_mode_allowed(conn, mode)
+    realised = _realise(conn, targets, mode)
+    entries = goal_results(conn, targets, realised.results)
+    w = WireWriter().u64(len(entries))
+    for target, result in entries:
+        w.string(target.render(conn.store_dir))
+        write_build_result_body(w, result, conn.minor)
+    conn.finish(w)
+
+
+def goal_results(conn, targets: list[DerivedPath], results: dict) -> list[tuple[DerivedPath, WireBuildResult]]:
+    """One entry per distinct goal (spec §7.6), in Nix's goal key order.
+
+    A derivation goal is named by the first request for it and collects the outputs of all;
+    keys are `b$<name>$<path>` for derivations and `a$<name>$<path>` for substitutions.
+    """
+    goals: dict[tuple[str, str], tuple[DerivedPath, dict, object]] = {}
+    for target in targets:
+        key = ("b" if target.outputs is not None else "a", target.path.base)
+        result = results.get(conn.daemon.engine_path(target))
+        if key not in goals:
+            goals[key] = (target, {}, result)
+        if result is not None:
+            goals[key][1].update(result.built_outputs)
+            if goals[key][2] is None:
+                goals[key] = (goals[key][0], goals[key][1], result)
+    printed = conn.store_dir.print
+    entries = []
+    for key in sorted(goals, key=lambda k: f"{k[0]}${StorePath(k[1]).name}${printed(StorePath(k[1]))}"):
+        target, outputs, result = goals[key]
+        entries.append((target, _wire_result(conn, target, outputs, result)))
+    return entries
+
+
+def _wire_result(conn, target: DerivedPath, outputs: dict, result) -> WireBuildResult:
+    if result is None:  # cut short without keep-going
+        return WireBuildResult(status=9)  # MiscFailure
+    built = {}
+    if outputs and target.outputs is not None:
+        built = _realisations(conn, target, outputs)
+    return WireBuildResult(status=int(result.status), error_msg=result.error_msg, times_built=result.times_built,
+                           is_non_deterministic=result.is_non_deterministic, start_time=result.start_time,
+                           stop_time=result.stop_time, built_outputs=built)
+
+
+def _realisations(conn, target: DerivedPath, outputs: dict) -> dict[str, str]:
+    """builtOutputs: DrvOutput id (`sha256:<static hash>!<out>`) -> Realisation JSON."""
+    store = conn.daemon.store
+    try:
+        hashes = static_output_hashes(store.store_dir, store.read_derivation(target.path), store.read_derivation)
+    except StoreError:
+        return {}
+    built = {}
+    for name, path in outputs.items():
+        if name not in hashes:
+            continue
+        id_ = f"{hashes[name].to_string(Base.BASE16, True)}!{name}"
+        out = store.store_dir.parse(path) if isinstance(path, str) else path
+        built[id_] = realisation_json(id_, out)
+    return built
+
+
+def build_derivation(conn, r: WireReader) -> None:
+    """Build a derivation the client describes. goalkeeper's engine builds derivations from the
+    store, so the `.drv` must be valid here; its outputs must match the ones sent."""
+    drv_path = read_path(r, conn.store_dir)
+    drv = read_basic_derivation(r, conn.store_dir, drv_path.derivation_name())
+    mode = _read_build_mode(conn, r)
+    conn.start_work()
+    _check_mode_allowed(conn, mode)
+    store = conn.daemon.store
+    if not store.is_valid_path(drv_path):
+        raise StoreError(f"cannot build derivation '{conn.store_dir.print(drv_path)}' sent by the client: "
+                         "goalkeeper's daemon builds only derivations that are valid in its store")
+    stored = store.read_derivation(drv_path)
+    sent = drv.outputs_and_opt_paths(conn.store_dir)
+    if {n: p for n, (_, p) in stored.outputs_and_opt_paths(conn.store_dir).items()} != {n: p for n, (_, p) in sent.items()}:
+        raise StoreError(f"derivation '{conn.store_dir.print(drv_path)}' sent by the client does not match the store")
+    target = DerivedPath(drv_path, frozenset())
+    realised = _realise(conn, [target], mode)
+    result = realised.results.get(conn.daemon.engine_path(target))
+    wire = _wire_result(conn, target, dict(result.built_outputs) if result else {}, result)
+    if result is None and realised.error:
+        wire = WireBuildResult(status=9, error_msg=realised.error)
+    w = WireWriter()
+    write_build_result_body(w, wire, conn.minor)
+    conn.finish(w)
+
+
+def ensure_path(conn, r: WireReader) -> None:
+    path = read_path(r, conn.store_dir)
+    conn.start_work()
+    if not conn.daemon.store.is_valid_path(path):
+        realised = _realise(conn, [DerivedPath(path)], BM_NORMAL)
+        if realised.error is not None:
+            raise _BuildFailed(realised.error, realised.exit_status)
+    conn.finish(WireWriter().u64(1))
+
+
+HANDLERS = {
+    Op.BuildPaths: build_paths,
+    Op.BuildPathsWithResults: build_paths_with_results,
+    Op.BuildDerivation: build_derivation,
+    Op.EnsurePath: ensure_path,
+}
