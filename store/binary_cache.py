@@ -18,6 +18,7 @@ Writing (`add_to_store`) is for `file://` caches, as `nix copy --to file://…`.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import itertools
 import json
@@ -110,6 +111,12 @@ def _file_chunks(f) -> Iterator[bytes]:
             yield chunk
 
 
+def _connect_nodelay(conn: http.client.HTTPConnection) -> None:
+    """Connect with TCP_NODELAY, as curl does: small requests must not wait for delayed ACKs."""
+    type(conn).connect(conn)
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 # curl's texts and codes for what Python reports, so messages read as Nix's do
 def _curl_reason(err: BaseException) -> str:
     if isinstance(err, socket.gaierror):
@@ -150,6 +157,7 @@ class HttpTransport:
                 conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self._ssl)
             else:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            conn.connect = functools.partial(_connect_nodelay, conn)
             self._local.conn = conn
         return conn
 
