@@ -98,6 +98,8 @@ class _Build:
     time_started: float = 0.0
     last_output: float = 0.0
     status: int | None = None  # wait status, once reaped
+    pid: int = 0
+    pidfd: int = -1  # the builder, should the spawner die before it (see _spawner_died)
     eof: bool = False
     done: bool = False  # discarded: its last reply was sent (or it was killed on request)
     # the log (Nix's currentLogLine / currentLogLinePos / logTail / logSize / logSink)
@@ -229,7 +231,9 @@ class BuildRunner:
             self._shut_down()
 
     def _start_spawner(self) -> None:
-        self._spawner = Spawner()
+        from .start_builder import launch_profile
+
+        self._spawner = Spawner(launch_profile(self._settings))
         self._spawner.start()
         self._sel.register(self._spawner.fileno(), selectors.EVENT_READ, self._spawner)
 
@@ -274,6 +278,12 @@ class BuildRunner:
     def _on_event(self, build: _Build, event) -> None:
         if isinstance(event, Spawned):
             build.pty = event.pty_master
+            build.pid = event.pid
+            if event.pid > 0:
+                try:
+                    build.pidfd = os.pidfd_open(event.pid)
+                except OSError:
+                    pass  # already gone
             os.set_blocking(build.pty, False)
             self._sel.register(build.pty, selectors.EVENT_READ, build)
             # Worker::childStarted: timeStarted = lastOutput = now
@@ -468,6 +478,9 @@ class BuildRunner:
         self._timed.discard(build)
         self._close_pty(build)
         self._close_log_file(build)
+        if build.pidfd != -1:
+            os.close(build.pidfd)
+            build.pidfd = -1
 
     def _close_pty(self, build: _Build) -> None:
         if build.pty != -1:
@@ -525,6 +538,7 @@ class BuildRunner:
         self._sel.unregister(self._spawner.fileno())
         self._spawner.stop()
         for build in list(self._builds.values()):
+            _kill_orphaned_builder(build)
             self._fail(build, "the build spawner exited")
         try:
             self._start_spawner()
@@ -540,6 +554,22 @@ class BuildRunner:
         if self._sel is not None:
             self._sel.close()
         self._stopped = True
+
+
+def _kill_orphaned_builder(build: _Build) -> None:
+    """SIGKILL the process group of a builder whose spawner died before it.
+
+    Builders the spawner launched directly (vfork) have no parent-death signal; the
+    spawner kills them when it exits, but not when it is SIGKILLed.  The pidfd proves
+    the pid is still that builder (not reused) before its group is signalled.
+    """
+    if build.pidfd == -1:
+        return
+    try:
+        signal.pidfd_send_signal(build.pidfd, 0)  # ProcessLookupError once it is gone
+        os.killpg(build.pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 def _deadline(build: _Build) -> float:

@@ -33,7 +33,7 @@ from goalkeeper.sandbox import env as nixenv
 from goalkeeper.sandbox.layout import nix_sandbox, parse_sandbox_paths
 from goalkeeper.sandbox.seccomp import nix_policy
 from goalkeeper.sandbox.spec import (ADDR_NO_RANDOMIZE, PER_LINUX32, UNAME26, BuildSpec,
-                                     Credentials)
+                                     Credentials, LaunchProfile)
 from goalkeeper.store.aterm import encode_text
 from goalkeeper.store.derivation import Derivation, hash_placeholder
 from goalkeeper.store.errors import InvalidPath, StoreError
@@ -472,6 +472,18 @@ def _pre_build_hook(settings: Settings, printed: str, chroot_root: str) -> dict[
     return extra
 
 
+def _seccomp_policy(settings: Settings):
+    if not settings.filter_syscalls:
+        return None
+    # Nix ignores a failure to load the filter when there is no build user.
+    return nix_policy(allow_new_privileges=settings.allow_new_privileges, required=False)
+
+
+def launch_profile(settings: Settings) -> LaunchProfile:
+    """What `_build_spec` gives every plain unsandboxed build, for the spawner to take once."""
+    return LaunchProfile(seccomp=_seccomp_policy(settings), personality_or=ADDR_NO_RANDOMIZE)
+
+
 def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
                 rewrites: Mapping[str, str], build_dir: str, build_dir_in_sandbox: str,
                 sandbox) -> BuildSpec:
@@ -483,10 +495,7 @@ def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
     personality_or = ADDR_NO_RANDOMIZE
     if drv.platform in ("i686-linux", "x86_64-linux") and settings.impersonate_linux_26:
         personality_or |= UNAME26
-    seccomp = None
-    if settings.filter_syscalls:
-        # Nix ignores a failure to load the filter when there is no build user.
-        seccomp = nix_policy(allow_new_privileges=settings.allow_new_privileges, required=False)
+    seccomp = _seccomp_policy(settings)
     builder = encode_text(drv.builder)
     return BuildSpec(
         builder=builder,

@@ -102,6 +102,17 @@ class _Steps:
         raise _StepFailed(self.name, 0, f"{type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(slots=True)
+class SpawnerBase:
+    """The spawner's own process attributes before a launch profile changed them."""
+
+    personality: int | None = None
+    rlimits: tuple[tuple[int, tuple[int, int]], ...] = ()
+
+
+spawner_base = SpawnerBase()  # filled in by the spawner when it applies a launch profile
+
+
 def run(spec: BuildSpec, fds: ChildFds, seccomp_filter=None) -> None:
     """Apply ``spec`` and exec the builder.  Never returns."""
     try:
@@ -158,7 +169,8 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
         with step("wait-for-id-map"):
             if os.read(fds.sync_r, 1) != b"1":
                 os._exit(1)  # the spawner died before writing our id maps
-    if spec.seccomp is not None:
+    if spec.seccomp is not None and seccomp_filter is not None:
+        # (None: the spawner runs under this very filter already, and we inherited it.)
         # Before setuid, while we still hold CAP_SYS_ADMIN in our namespace: loading a
         # filter without NO_NEW_PRIVS needs it.  Nix also installs the filter first.
         with step("seccomp"):
@@ -188,13 +200,20 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
         os.closerange(3, fds.setup_w)
         os.closerange(fds.setup_w + 1, 1 << 20)
     with step("personality"):
-        if spec.personality_set is not None:
-            _linux.personality(spec.personality_set)
-        if spec.personality_or:
-            _linux.personality(_linux.personality(0xFFFFFFFF) | spec.personality_or)
+        current = _linux.personality(0xFFFFFFFF)
+        base = spec.personality_set
+        if base is None:
+            # What the spawner had before a launch profile changed it, so a spec means
+            # the same under any spawner.
+            base = current if spawner_base.personality is None else spawner_base.personality
+        if base | spec.personality_or != current:
+            _linux.personality(base | spec.personality_or)
     with step("rlimits"):
-        for limit in spec.rlimits:
-            resource.setrlimit(limit.resource, (limit.soft, limit.hard))
+        wanted = {limit.resource: (limit.soft, limit.hard) for limit in spec.rlimits}
+        for res, limits in spawner_base.rlimits:
+            wanted.setdefault(res, limits)  # undo a launch profile's limit the spec lacks
+        for res, limits in wanted.items():
+            resource.setrlimit(res, limits)
     with step("umask"):
         os.umask(spec.umask)
     with step("exec"):

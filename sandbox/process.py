@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import os
+import pickle
 import select
 import signal
 import socket
@@ -22,7 +23,7 @@ import time
 
 from .errors import SandboxError
 from .messages import Event, FrameDecoder, Kill, Spawn, Spawned, encode
-from .spec import BuildSpec
+from .spec import BuildSpec, LaunchProfile
 
 _MAX_FDS_PER_READ = 64
 
@@ -30,7 +31,9 @@ _MAX_FDS_PER_READ = 64
 class Spawner:
     """Client of ``python -m goalkeeper.sandbox.spawner``."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile: LaunchProfile | None = None) -> None:
+        """``profile``: what every unsandboxed build shares (see `LaunchProfile`)."""
+        self._profile = profile
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder()
@@ -40,9 +43,12 @@ class Spawner:
         """Start the spawner process."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            argv = [sys.executable, "-m", "goalkeeper.sandbox.spawner", str(os.getpid()),
+                    str(theirs.fileno())]
+            if self._profile is not None:
+                argv.append(pickle.dumps(self._profile).hex())
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "goalkeeper.sandbox.spawner", str(os.getpid()),
-                 str(theirs.fileno())],
+                argv,
                 stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),), close_fds=True)
         finally:
             theirs.close()

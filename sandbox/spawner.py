@@ -28,7 +28,9 @@ import os
 import selectors
 import _signal
 import signal
+import resource
 import socket
+import subprocess
 import sys
 import termios
 import time
@@ -40,7 +42,7 @@ from . import _linux, child
 from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawn, Spawned, Started,
                        encode)
 from .seccomp import compile_policy
-from .spec import BuildSpec, ChildExited
+from .spec import BuildSpec, ChildExited, LaunchProfile, same_filter
 
 _ALL_SIGNALS = frozenset(_signal.valid_signals())
 
@@ -68,12 +70,16 @@ class _Child:
     setup_r: int  # -1 once the setup outcome has been reported
     mount_ns: int = -1  # the child's first mount namespace, held until it is reaped
     report: bytearray = field(default_factory=bytearray)
+    popen: subprocess.Popen | None = None  # a directly launched builder (see _launch)
 
 
 class SpawnerLoop:
     """The select loop.  One instance per spawner process."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, profile: LaunchProfile | None = None,
+                 filter_in_force=None) -> None:
+        self._profile = profile  # applied to this process (see apply_profile); None: not
+        self._filter_in_force = filter_in_force  # the SeccompPolicy we run under, if any
         self._sock = sock
         self._sock.setblocking(False)
         self._decoder = FrameDecoder()
@@ -166,6 +172,9 @@ class SpawnerLoop:
     # -- spawning ----------------------------------------------------------------------
 
     def _spawn(self, build_id: int, spec: BuildSpec) -> None:
+        if self._launches_directly(spec):
+            self._launch(build_id, spec)
+            return
         t0 = time.perf_counter_ns()
         opened: list[int] = []
         step = "openpty"
@@ -181,7 +190,7 @@ class SpawnerLoop:
             sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
             opened += (sync_r, sync_w)
             step = "seccomp"
-            seccomp_filter = compile_policy(spec.seccomp) if spec.seccomp else None
+            seccomp_filter = self._child_filter(spec)
             step = "clone" if spec.sandbox is not None else "fork"
             pid = self._fork(spec)
         except Exception as e:
@@ -239,6 +248,84 @@ class SpawnerLoop:
         os.set_blocking(setup_r, False)
         self._sel.register(setup_r, selectors.EVENT_READ, pid)
         self._send(Spawned(build_id=build_id, pid=pid), [master])
+
+    def _child_filter(self, spec: BuildSpec):
+        """The filter a forked child must load (None: none, or ours, which it inherits)."""
+        if self._filter_in_force is None:
+            return compile_policy(spec.seccomp) if spec.seccomp else None
+        if not same_filter(spec.seccomp, self._filter_in_force):
+            # A filter cannot be lifted; the engine asked for this one when it started us.
+            raise OSError(0, "the build's syscall filter differs from the one the engine "
+                             "started with (filter-syscalls or allow-new-privileges changed)")
+        return None
+
+    def _launches_directly(self, spec: BuildSpec) -> bool:
+        """The spec asks for nothing but what our launch profile already gave us."""
+        p = self._profile
+        return (p is not None and spec.sandbox is None and spec.credentials is None
+                and spec.personality_set is None and spec.personality_or == p.personality_or
+                and spec.rlimits == p.rlimits and same_filter(spec.seccomp, p.seccomp)
+                and (self._filter_in_force is not None or spec.seccomp is None
+                     or not spec.seccomp.required))
+
+    def _launch(self, build_id: int, spec: BuildSpec) -> None:
+        """An unsandboxed build, started with vfork + exec through ``subprocess``.
+
+        Everything the forked child would do is either a process attribute we already
+        carry (personality, core limit, the seccomp filter and no-new-privileges) or one
+        ``subprocess`` does between vfork and exec (new session, fds 0-2, chdir, closing
+        the rest, umask, default signal dispositions).  The one thing missing is the
+        builder's own PR_SET_PDEATHSIG: if we die, ``_kill_all`` SIGKILLs its process
+        group instead (and the engine does, should we be SIGKILLed).
+        """
+        t0 = time.perf_counter_ns()
+        step = "openpty"
+        try:
+            master, slave = os.openpty()
+        except OSError as e:
+            self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
+                                   message=e.strerror or str(e)))
+            return
+        try:
+            make_raw(slave)
+            step = "dup-fds"
+            stdin = os.open(spec.stdin_path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                step = "exec"
+                proc = subprocess.Popen(
+                    list(spec.argv), executable=spec.builder, env=dict(spec.env), cwd=spec.cwd,
+                    stdin=stdin, stdout=slave, stderr=slave, close_fds=True,
+                    start_new_session=True, restore_signals=True, umask=spec.umask)
+            finally:
+                os.close(stdin)
+        except (OSError, ValueError) as e:
+            os.close(slave)
+            if isinstance(e, OSError):
+                if step == "exec" and e.filename == spec.cwd:
+                    step = "chdir"
+                detail = f": {os.fsdecode(e.filename)}" if e.filename else ""
+                err, message = e.errno or 0, f"{e.strerror}{detail}"
+            else:  # a NUL byte in the environment or argv
+                err, message = 0, f"{type(e).__name__}: {e}"
+            if step != "exec":
+                os.close(master)
+                self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
+                return
+            # As a forked child's failed execve looks: the build started, said why on
+            # setup, exited 1, and its pty reads EOF (subprocess reaped that child).
+            self._send(Spawned(build_id=build_id, pid=0), [master])
+            self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
+            self._send(Exited(build_id=build_id, result=ChildExited(0, 1 << 8)))
+            return
+        os.close(slave)
+        spawn_ns = time.perf_counter_ns() - t0
+        c = _Child(build_id=build_id, pid=proc.pid, forked_ns=0, spawn_ns=spawn_ns, setup_r=-1,
+                   popen=proc)
+        self._children[proc.pid] = c
+        self._by_build[build_id] = proc.pid
+        self._send(Spawned(build_id=build_id, pid=proc.pid), [master])
+        # vfork returned: the builder has been exec'd (an exec failure raised above)
+        self._send(Started(build_id=build_id, pid=proc.pid, spawn_ns=spawn_ns, setup_ns=0))
 
     def _fork(self, spec: BuildSpec) -> int:
         # All signals stay blocked across the fork, as CPython's _posixsubprocess does:
@@ -338,6 +425,8 @@ class SpawnerLoop:
                 c.report += chunk
             self._finish_setup(c)
         del self._by_build[c.build_id]
+        if c.popen is not None:
+            c.popen.returncode = status  # reaped by us: its __del__ must not wait for it
         if c.mount_ns != -1:
             os.close(c.mount_ns)
         self._send(Exited(build_id=c.build_id, result=ChildExited(pid, status)))
@@ -381,8 +470,38 @@ def _drain(fd: int) -> None:
         pass
 
 
+def apply_profile(profile: LaunchProfile):
+    """Take the profile's attributes ourselves; (profile or None if unusable, filter in force)."""
+    child.spawner_base.personality = _linux.personality(0xFFFFFFFF)
+    child.spawner_base.rlimits = tuple((limit.resource, resource.getrlimit(limit.resource))
+                                       for limit in profile.rlimits)
+    try:
+        for limit in profile.rlimits:
+            resource.setrlimit(limit.resource, (limit.soft, limit.hard))
+        _linux.personality(child.spawner_base.personality | profile.personality_or)
+    except (OSError, ValueError):
+        # Not ours to take (an unprivileged caller raising a hard limit): forked children
+        # apply their specs one by one, and report the failing step as before.
+        for res, limits in child.spawner_base.rlimits:
+            resource.setrlimit(res, limits)
+        _linux.personality(child.spawner_base.personality)
+        return None, None
+    if profile.seccomp is None:
+        return profile, None
+    try:
+        compile_policy(profile.seccomp).load()
+    except OSError:
+        # Children would fail to load it too: a required filter makes them report that,
+        # an optional one is skipped by them and by us alike.
+        return (None if profile.seccomp.required else profile), None
+    return profile, profile.seccomp
+
+
 def main(argv: list[str]) -> int:
-    """``python -m goalkeeper.sandbox.spawner ENGINE_PID SOCKET_FD``."""
+    """``python -m goalkeeper.sandbox.spawner ENGINE_PID SOCKET_FD [PROFILE_HEX]``.
+
+    PROFILE_HEX: a pickled `LaunchProfile`, hex-encoded (from our own engine only).
+    """
     engine_pid, sock_fd = int(argv[1]), int(argv[2])
     # Die with the engine.  PDEATHSIG fires when the engine *thread* that forked us exits,
     # so the engine must start us from a long-lived thread; SIGTERM lets us kill builds.
@@ -395,8 +514,12 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=sock_fd)
     # Everything imported so far lives as long as we do: keep it out of the collector,
     # so forked children share those pages instead of copying them (gc.freeze's purpose).
+    profile, filter_in_force = None, None
+    if len(argv) > 3:
+        import pickle
+        profile, filter_in_force = apply_profile(pickle.loads(bytes.fromhex(argv[3])))
     gc.freeze()
-    SpawnerLoop(sock).run()
+    SpawnerLoop(sock, profile, filter_in_force).run()
     return 0
 
 
