@@ -46,15 +46,21 @@ class Context:
     def open_store(self) -> "LocalStore":
         """Open the configured store once (creating a local store's layout if missing) and cache it.
 
-        Raises:
-            DaemonStoreUnavailable: the configuration names a daemon.
+        A daemon store (`daemon`, `unix://PATH`) is a `goalkeeper.protocol.client.RemoteStore`,
+        which answers LocalStore's query and add methods over the worker protocol.
         """
         if self._store is None:
             config = self.store_config
             if isinstance(config, DaemonStoreConfig):
-                raise DaemonStoreUnavailable(
-                    f"store '{config.uri}' is a daemon store; the daemon client is not available yet"
-                )
+                # Queries go over the worker protocol; the daemon's log lines to our stderr.
+                from goalkeeper.protocol.client import RemoteStore
+
+                def log(text: str) -> None:
+                    self.stderr.write(text.encode(errors="surrogateescape") + b"\n")
+                    self.stderr.flush()
+
+                self._store = RemoteStore(config, self.settings, log)
+                return self._store  # type: ignore[return-value]  # the query subset of LocalStore
             assert isinstance(config, LocalStoreConfig)
             # Imported here so commands that never touch a store don't load SQLite.
             from goalkeeper.store.local import LocalStore
