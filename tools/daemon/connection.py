@@ -164,10 +164,9 @@ class Connection:
             # The request stream can no longer be trusted: say why, twice as Nix does, and hang up.
             self._fatal(e)
         except StoreError as e:
-            allowed = self.can_send_stderr
+            if not self.can_send_stderr:
+                self._fatal(e)  # the request itself was bad (or the reply already begun)
             self._error(str(e), getattr(e, "exit_status", 1))
-            if not allowed:
-                self._fatal(e)
         except Exception as e:  # a bug: the client gets a message, the daemon's log the traceback
             self.daemon.note(f"{self.peer}: internal error in op {op}:\n{traceback.format_exc()}")
             self._fatal(e)
