@@ -1,0 +1,224 @@
+"""The unmodified Nix 2.8 client against `goalkeeper daemon` and against `nix-daemon`, side by side.
+
+Each daemon serves its own chroot store (logical /nix/store), so the same inputs give the
+same paths in both and every client output can be compared byte for byte. The client is
+a "local FS store" too (it reads .drv files, logs and NARs from disk), hence `?root=`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.nix, pytest.mark.timeout(60)]
+
+LEAKY_ENV = ("NIX_REMOTE", "NIX_CONFIG", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_LOG_DIR",
+             "NIX_CONF_DIR", "NIX_DAEMON_SOCKET_PATH")
+# A diverted (chroot) store forces the sandbox; the builders need /bin/sh inside it.
+DAEMON_OPTIONS = ["--option", "build-users-group", "", "--option", "substituters", "",
+                  "--option", "sandbox-paths", "/bin /lib /lib64 /usr"]
+CLIENT_OPTIONS = ["--option", "build-users-group", "", "--option", "substituters", ""]
+NIX_COMMAND = ["--extra-experimental-features", "nix-command"]
+
+EXPR = r"""
+{ salt ? "" }:
+let
+  txt = builtins.toFile "greeting" "hi there ${salt}";
+  mk = name: args: derivation ({ inherit name; system = "x86_64-linux"; builder = "/bin/sh"; SALT = salt; } // args);
+in rec {
+  a = mk "a" { args = ["-c" "echo hello > $out; echo a line from a"]; };
+  b = mk "b" { outputs = ["out" "dev"]; args = ["-c" "echo ${a} > $out; echo ${txt} > $dev; echo b says hi"]; };
+  fail = mk "fail" { args = ["-c" "echo failing now; exit 3"]; };
+  after = mk "after" { args = ["-c" "echo ${fail} ${b} > $out"]; };
+}
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
+    env["NIX_USER_CONF_FILES"] = ""
+    return env
+
+
+def _wait_for_socket(path: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}: {proc.stderr.read().decode()}")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(path)
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"no daemon listening on {path}")
+
+
+class Side:
+    """One daemon and its store; `run(...)` runs a Nix client command against it."""
+
+    def __init__(self, name: str, root: Path, proc: subprocess.Popen, sock: str):
+        self.name, self.root, self.proc, self.sock = name, root, proc, sock
+        self.uri = f"unix://{sock}?root={root}"
+
+    def run(self, *argv, check=True, timeout=30) -> subprocess.CompletedProcess:
+        cmd = [str(argv[0]), "--store", self.uri, *CLIENT_OPTIONS, *map(str, argv[1:])]
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
+        if check and proc.returncode != 0:
+            pytest.fail(f"[{self.name}] {' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr.decode()}")
+        return proc
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _start(name: str, top: Path) -> Side:
+    root = top / name
+    root.mkdir()
+    sock = str(top / f"{name}.sock")
+    env = _env()
+    if name == "nix":
+        env["NIX_DAEMON_SOCKET_PATH"] = sock
+        argv = ["nix-daemon", "--store", str(root), *DAEMON_OPTIONS]
+    else:
+        argv = [sys.executable, "-m", "goalkeeper.tools.cli", "--store", str(root), *DAEMON_OPTIONS,
+                "daemon", "--socket", sock, "--quiet"]
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _wait_for_socket(sock, proc)
+    return Side(name, root, proc, sock)
+
+
+@pytest.fixture(scope="module")
+def sides(tmp_path_factory):
+    if shutil.which("nix-daemon") is None:
+        pytest.skip("real Nix is not installed")
+    top = tmp_path_factory.mktemp("daemons")
+    (top / "t.nix").write_text(EXPR)
+    (top / "hello.txt").write_text("hello\n")
+    started = []
+    try:
+        for name in ("nix", "gk"):
+            started.append(_start(name, top))
+        yield top, started
+    finally:
+        for side in started:
+            side.stop()
+    assert started[1].proc.returncode == 0, "goalkeeper daemon did not exit cleanly on SIGTERM"
+
+
+def both(sides, *argv, check=True):
+    """(nix result, goalkeeper result) of one client command."""
+    _, (nix, gk) = sides
+    return nix.run(*argv, check=check), gk.run(*argv, check=check)
+
+
+def same(sides, *argv, check=True) -> bytes:
+    n, g = both(sides, *argv, check=check)
+    assert (g.returncode, g.stdout) == (n.returncode, n.stdout), g.stderr.decode()
+    return n.stdout
+
+
+def instantiate(sides, salt: str, attr: str) -> str:
+    top = sides[0]
+    return same(sides, "nix-instantiate", top / "t.nix", "--argstr", "salt", salt, "-A", attr).decode().strip()
+
+
+def test_add_and_query(sides):
+    top = sides[0]
+    path = same(sides, "nix-store", "--add", top / "hello.txt").decode().strip()
+    assert path == "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt"
+    same(sides, "nix-store", "-q", "--hash", path)
+    same(sides, "nix-store", "-q", "--references", path)
+    same(sides, "nix-store", "-q", "--referrers", path)
+    same(sides, "nix-store", "-q", "--deriver", path)
+    n, g = both(sides, "nix", *NIX_COMMAND, "path-info", "--json", path)
+    assert _without_times(g.stdout) == _without_times(n.stdout)
+
+
+def _without_times(out: bytes):
+    infos = json.loads(out)
+    for info in infos:
+        info.pop("registrationTime", None)
+    return infos
+
+
+def test_instantiate_build_and_query(sides):
+    drv = instantiate(sides, "build", "b")
+    n, g = both(sides, "nix-store", "-r", drv)
+    assert g.stdout == n.stdout and len(n.stdout.splitlines()) == 2
+    assert g.stderr == n.stderr  # "these 2 derivations will be built", "building '…'", the log lines
+    assert b"a line from a" in g.stderr and b"b says hi" in g.stderr
+    out = [line for line in n.stdout.decode().split() if line.endswith("-b")][0]
+    same(sides, "nix-store", "-q", "--outputs", drv)
+    same(sides, "nix-store", "-q", "--references", out)
+    same(sides, "nix-store", "-q", "--requisites", out)
+    same(sides, "nix-store", "-q", "--deriver", out)
+    a_out = same(sides, "nix-store", "-q", "--references", out).decode().split()[0]
+    same(sides, "nix-store", "-q", "--referrers", a_out)
+    n, g = both(sides, "nix", *NIX_COMMAND, "path-info", "--json", "-r", out)
+    assert _without_times(g.stdout) == _without_times(n.stdout)
+    a_drv = instantiate(sides, "build", "a")
+    n, g = both(sides, "nix", *NIX_COMMAND, "log", a_drv)
+    assert g.stdout == n.stdout == b"a line from a\n"
+    # already valid: nothing to build, same answer
+    n, g = both(sides, "nix-store", "-r", drv)
+    assert (g.stdout, g.stderr) == (n.stdout, n.stderr)
+
+
+def test_build_failure_and_keep_going(sides):
+    fail = instantiate(sides, "fail", "fail")
+    after = instantiate(sides, "fail", "after")
+    n, g = both(sides, "nix-store", "-r", fail, check=False)
+    assert g.returncode == n.returncode == 1  # the daemon does not send the exit status (≥ 1.26)
+    assert g.stderr == n.stderr
+    assert b"failing now" in g.stderr and b"failed with exit code 3" in g.stderr
+    b = instantiate(sides, "fail", "b")
+    n, g = both(sides, "nix-store", "-r", "-k", after, b, check=False)
+    assert g.returncode == n.returncode == 1
+    assert sorted(g.stderr.splitlines()) == sorted(n.stderr.splitlines())
+
+
+def test_nix_build_uses_build_paths_with_results(sides):
+    top = sides[0]
+    n, g = both(sides, "nix", *NIX_COMMAND, "build", "--no-link", "--json", "-f", top / "t.nix",
+                "--argstr", "salt", "new", "b", "b.dev")
+    assert json.loads(g.stdout) == json.loads(n.stdout)
+
+
+def test_nix_copy_to_a_binary_cache(sides):
+    top, (nix, gk) = sides
+    drv = instantiate(sides, "copy", "b")
+    same(sides, "nix-store", "-r", drv)
+    out = same(sides, "nix-store", "-q", "--outputs", drv).decode().split()
+    for side in (nix, gk):
+        side.run("nix", *NIX_COMMAND, "copy", "--to", f"file://{top}/cache-{side.name}", *out)
+    narinfos = {side.name: {p.name: p.read_bytes() for p in (top / f"cache-{side.name}").glob("*.narinfo")}
+                for side in (nix, gk)}
+    assert narinfos["gk"] == narinfos["nix"] and len(narinfos["nix"]) == 4  # b, b-dev, a, greeting
+
+
+def test_nix_copy_from_a_binary_cache_into_the_daemon(sides):
+    top, (nix, gk) = sides
+    drv = instantiate(sides, "fromcache", "b")
+    nix.run("nix-store", "-r", drv)
+    out = nix.run("nix-store", "-q", "--outputs", drv).stdout.decode().split()
+    nix.run("nix", *NIX_COMMAND, "copy", "--to", f"file://{top}/cache-in", *out)
+    gk.run("nix", *NIX_COMMAND, "copy", "--no-check-sigs", "--from", f"file://{top}/cache-in", "--to", gk.uri, *out)
+    for path in out:
+        n, g = both(sides, "nix-store", "-q", "--hash", path)
+        assert g.stdout == n.stdout
+    gk.run("nix-store", "--verify", "--check-contents")
