@@ -185,11 +185,11 @@ def test_unexpected_exceptions_are_not_swallowed(gk, probe):
 
 
 def test_daemon_store_is_a_clear_error(gk, probe):
-    probe.behaviour = lambda args, ctx: ctx.open_store() and 0
+    # a daemon store is opened through the protocol client; a missing socket fails as in Nix
+    probe.behaviour = lambda args, ctx: ctx.open_store().query_all_valid_paths() and 0
     result = gk("--store", "unix:///tmp/no-such-socket", "probe")
     assert result.status == 1
-    assert result.stderr == (b"error: store 'unix:///tmp/no-such-socket' is a daemon store; "
-                             b"the daemon client is not available yet\n")
+    assert result.stderr == b"error: cannot connect to socket at '/tmp/no-such-socket': No such file or directory\n"
     assert isinstance(probe.module.seen[-1][1].store_config, DaemonStoreConfig)
 
 
