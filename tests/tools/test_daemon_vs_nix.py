@@ -222,3 +222,24 @@ def test_nix_copy_from_a_binary_cache_into_the_daemon(sides):
         n, g = both(sides, "nix-store", "-q", "--hash", path)
         assert g.stdout == n.stdout
     gk.run("nix-store", "--verify", "--check-contents")
+
+
+QUERIES = [["--hash"], ["--references"], ["--requisites"], ["--referrers"], ["--deriver"], ["--size"]]
+
+
+def test_goalkeeper_client_queries_both_daemons(sides):
+    """`goalkeeper --store unix://S query …` prints what `nix-store -q` prints, against either daemon."""
+    drv = instantiate(sides, "client", "b")
+    same(sides, "nix-store", "-r", drv)
+    top, (nix, gk) = sides
+    out = nix.run("nix-store", "-q", "--outputs", drv).stdout.decode().split()[-1]
+    for flags in QUERIES:
+        expected = nix.run("nix-store", "-q", *flags, out).stdout
+        for side in (nix, gk):
+            got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{side.sock}",
+                                  "query", *flags, out], capture_output=True, timeout=30, env=_env())
+            assert (got.returncode, got.stdout) == (0, expected), (side.name, flags, got.stderr.decode())
+    missing = "/nix/store/" + "0" * 32 + "-missing"
+    got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{gk.sock}",
+                          "query", "--hash", missing], capture_output=True, timeout=30, env=_env())
+    assert got.returncode == 1 and got.stderr == f"error: path '{missing}' is not valid\n".encode()
