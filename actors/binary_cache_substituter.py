@@ -141,7 +141,7 @@ class BinaryCacheSubstituter:
 
     def _maybe_disable(self) -> None:
         if self.try_fallback and not self._disabled_until:
-            self._warn(f"error: disabling binary cache '{self.uri}' for {DISABLE_SECONDS} seconds")
+            self._warn(f"disabling binary cache '{self.uri}' for {DISABLE_SECONDS} seconds")
             self._disabled_until = time.monotonic() + DISABLE_SECONDS
 
     def query_nar_info(self, path: StorePath) -> NarInfo | None:
