@@ -11,6 +11,7 @@ that key; real Nix substitutes from the result.
 from __future__ import annotations
 
 import argparse
+import os
 
 from goalkeeper.store.binary_cache import BinaryCache
 from goalkeeper.store.errors import StoreError
@@ -38,8 +39,6 @@ def run(args: argparse.Namespace, ctx) -> int:
     cache.store_dir = store.store_dir
     key_file = args.sign or cache.params.secret_key
     secret_key = read_secret_key_file(key_file) if key_file else None
-    import os
-
     os.makedirs(cache.transport.root, exist_ok=True)
     cache.init(create=True)
 

@@ -8,6 +8,7 @@ PUBLIC the 32-byte public key. Real Nix signs and verifies with either file.
 from __future__ import annotations
 
 import argparse
+import os
 
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.signatures import SecretKey
@@ -23,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write(path: str, text: str, mode: int) -> None:
-    import os
-
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "w") as f:
