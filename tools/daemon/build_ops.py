@@ -24,18 +24,30 @@ from goalkeeper.store.hashes import Base
 from goalkeeper.store.paths import StorePath
 
 BM_NORMAL, BM_REPAIR, BM_CHECK = 0, 1, 2
-_BUILDING = re.compile(r"building '([^']+)'(?: \(round (\d+)/(\d+)\))?")
+# the engine's text for a started build; Nix's logger appends "..." to an activity's text
+_BUILDING = re.compile(r"(building '([^']+)'(?: \(round (\d+)/(\d+)\))?)\.\.\.")
+ACT_COPY_PATH, ACT_FILE_TRANSFER, ACT_REALISE, ACT_COPY_PATHS, ACT_BUILDS = 100, 101, 102, 103, 104
+RES_SET_EXPECTED = 106
 ERROR_PREFIX = "\x1b[31;1merror:\x1b[0m "  # how Nix's logger renders "error:" sent as a log line
 WARNING_PREFIX = "\x1b[35;1mwarning:\x1b[0m "
 
 
 class BuildEvents:
-    """The engine observer of one request: translates engine events into the client's stderr messages."""
+    """The engine observer of one request: translates engine events into the client's stderr messages.
+
+    Like Nix's Worker, a request has a Realise activity with Builds and CopyPaths under it;
+    progress goes to Builds (done, expected, running, failed) and the expected sizes of
+    downloads and copies to Realise, as `Worker::updateProgress` reports them.
+    """
 
     def __init__(self, conn):
         self._conn = conn
         self._lock = threading.Lock()
         self._acts: dict[str, int] = {}  # printed drv path -> Build activity
+        self._queried = False
+        self._realise = conn.start_activity(ACT_REALISE, "", level=stderr.LVL_ERROR)
+        self._builds = conn.start_activity(ACT_BUILDS, "", level=stderr.LVL_ERROR, parent=self._realise)
+        self._copies = conn.start_activity(ACT_COPY_PATHS, "", level=stderr.LVL_ERROR, parent=self._realise)
 
     def __call__(self, event) -> None:
         kind = type(event).__name__
@@ -48,14 +60,26 @@ class BuildEvents:
                 self._conn.log(event.line)
             else:
                 self._conn.result(act, stderr.RES_BUILD_LOG_LINE, (event.line,))
-        # Progress: nix-daemon reports it on the Builds activity, which the plain client does not show.
+        elif kind == "Progress":
+            conn = self._conn
+            conn.result(self._builds, stderr.RES_PROGRESS, (event.done_builds, event.expected_builds,
+                                                            event.running_builds, event.failed_builds))
+            conn.result(self._copies, stderr.RES_PROGRESS, (0, 0, 0, 0))
+            conn.result(self._realise, RES_SET_EXPECTED, (ACT_FILE_TRANSFER, 0))
+            conn.result(self._realise, RES_SET_EXPECTED, (ACT_COPY_PATH, 0))
+            if not self._queried:
+                # Worker::run's queryMissing, after the first goals were made
+                self._queried = True
+                conn.stop_activity(conn.start_activity(stderr.ACT_UNKNOWN, "querying info about missing paths",
+                                                       level=stderr.LVL_DEBUG))
 
     def _message(self, text: str) -> None:
         match = _BUILDING.fullmatch(text)
         if match:
-            printed = match.group(1)
-            cur, total = int(match.group(2) or 1), int(match.group(3) or 1)
-            act = self._conn.start_activity(stderr.ACT_BUILD, text, (printed, "", cur, total))
+            printed = match.group(2)
+            cur, total = int(match.group(3) or 1), int(match.group(4) or 1)
+            act = self._conn.start_activity(stderr.ACT_BUILD, match.group(1), (printed, "", cur, total),
+                                            parent=self._builds)
             with self._lock:
                 old = self._acts.pop(printed, None)
                 self._acts[printed] = act
@@ -72,7 +96,7 @@ class BuildEvents:
     def stop_all(self) -> None:
         with self._lock:
             acts, self._acts = list(self._acts.values()), {}
-        for act in acts:
+        for act in acts + [self._copies, self._builds, self._realise]:
             self._conn.stop_activity(act)
 
 
