@@ -243,3 +243,26 @@ def test_goalkeeper_client_queries_both_daemons(sides):
     got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{gk.sock}",
                           "query", "--hash", missing], capture_output=True, timeout=30, env=_env())
     assert got.returncode == 1 and got.stderr == f"error: path '{missing}' is not valid\n".encode()
+
+
+def _activities(stderr_bytes: bytes) -> list[tuple]:
+    """The builds' activities and log lines of an internal-json log, without ids and progress counts."""
+    events = []
+    for line in stderr_bytes.decode().splitlines():
+        if not line.startswith("@nix "):
+            continue
+        doc = json.loads(line[5:])
+        if doc["action"] == "start":
+            events.append(("start", doc["type"], doc["level"], doc["text"], tuple(doc.get("fields", ()))))
+        elif doc["action"] == "result" and doc["type"] == 101:
+            events.append(("log", tuple(doc["fields"])))
+    return events
+
+
+def test_build_activities_stream_as_from_nix_daemon(sides):
+    top = sides[0]
+    n, g = both(sides, "nix", *NIX_COMMAND, "build", "--no-link", "-f", top / "t.nix", "--argstr", "salt", "acts",
+                "b", "--log-format", "internal-json", "-v")
+    expected = _activities(n.stderr)
+    assert ("log", ("b says hi",)) in expected and any(e[1] == 105 for e in expected if e[0] == "start")
+    assert _activities(g.stderr) == expected
