@@ -266,3 +266,19 @@ def test_build_activities_stream_as_from_nix_daemon(sides):
     expected = _activities(n.stderr)
     assert ("log", ("b says hi",)) in expected and any(e[1] == 105 for e in expected if e[0] == "start")
     assert _activities(g.stderr) == expected
+
+
+def test_add_fixed_verify_and_optimise(sides):
+    top = sides[0]
+    (top / "f.txt").write_text("flat\n")
+    same(sides, "nix-store", "--add-fixed", "sha256", top / "f.txt")  # IsValidPath + AddToStoreNar
+    same(sides, "nix-store", "--add-fixed", "--recursive", "sha1", top / "f.txt")
+    n, g = both(sides, "nix-store", "--verify", "--check-contents")
+    assert (g.returncode, g.stderr) == (n.returncode, n.stderr)
+    n, g = both(sides, "nix-store", "--optimise")
+    assert g.returncode == n.returncode == 0 and b"freed by hard-linking" in g.stderr
+
+
+def test_garbage_collection_is_a_clear_error(sides):
+    g = sides[1][1].run("nix-store", "--gc", check=False)
+    assert g.returncode == 1 and b"garbage collection is not supported" in g.stderr

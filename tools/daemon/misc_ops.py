@@ -53,10 +53,11 @@ def collect_garbage(conn, r: WireReader) -> None:
 
 
 def optimise_store(conn, r: WireReader) -> None:
-    from goalkeeper.store.optimise import optimise_store as optimise
+    from goalkeeper.store.optimise import optimise_store as optimise, show_bytes
 
     conn.start_work()
-    optimise(conn.daemon.store)
+    stats = optimise(conn.daemon.store)
+    conn.log(f"{show_bytes(stats.bytes_freed)} freed by hard-linking {stats.files_linked} files")
     conn.finish(WireWriter().u64(1))
 
 
