@@ -241,7 +241,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         assert self.resolved_drv_path is not None and self.state.drv is not None
         resolved = store.read_derivation(self.resolved_drv_path)
         resolved_hashes = static_output_hashes(store.store_dir, resolved, store.read_derivation,
-                                               store._drv_hash_cache)
+                                               store.drv_hash_cache())
         for name in sorted(wanted or resolved.outputs):
             out_path = reader.query_realisation(resolved_hashes[name], name)
             if out_path is None:
@@ -256,7 +256,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
     def _finish(self, finished: Finished) -> None:
         if finished.exit_code is not ExitCode.SUCCESS:
             self._delete_build_dir(keep=bool(self.services.settings.get("keep-failed")))
-        self._tell_worker(GoalFinished(goal=self.goal_id, finished=finished))
+        self._tell_worker(GoalFinished(goal=self.goal_id, finished=finished,
+                                       wanted_outputs=frozenset(self.state.wanted_outputs)))
         self.stop()
 
     def _cancel(self) -> None:

@@ -126,7 +126,7 @@ class LocalGoalContext:
     def static_output_hashes(self, drv: Derivation) -> dict[str, Hash]:
         # The store's cache is shared by all goals: each input drv is hashed once per run.
         return static_output_hashes(self.store.store_dir, drv, self.store.read_derivation,
-                                    self.store._drv_hash_cache)
+                                    self.store.drv_hash_cache())
 
     def known_output_paths(self, drv: Derivation) -> dict[str, StorePath | None]:
         return {name: path for name, (_, path) in drv.outputs_and_opt_paths(self.store.store_dir).items()}

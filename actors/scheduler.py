@@ -40,6 +40,10 @@ class GoalRecord:
     path: StorePath
     key: str
     keep_going: bool
+    build_mode: BuildMode = BuildMode.Normal
+    # the outputs asked of a derivation goal so far (empty: all of them), to catch those
+    # asked for while its GoalFinished was already on its way (see goal_finished)
+    asked: frozenset[str] = frozenset()
     ref: Any = None
     waiters: list[tuple[int, bool]] = field(default_factory=list)  # (waiter id, resolved)
     waitees: set[int] = field(default_factory=set)
@@ -85,8 +89,10 @@ class Scheduler:
         self._notify = notify
         self._ids = itertools.count(1)
         self.goals: dict[int, GoalRecord] = {}
-        self.derivation_goals: dict[StorePath, GoalRecord] = {}
-        self.substitution_goals: dict[StorePath, GoalRecord] = {}
+        # by path: usually one goal each, more when concurrent requests want different
+        # build modes or keep-going (see _shared_goal)
+        self.derivation_goals: dict[StorePath, list[GoalRecord]] = {}
+        self.substitution_goals: dict[StorePath, list[GoalRecord]] = {}
         self.requests: dict[int, RequestRecord] = {}
         # Goals sent a Wake/WaiteeDone/ResolvedFinished they have not yet answered with
         # `goal_idle`: Nix runs every awake goal before it starts the next build, so with
@@ -155,29 +161,54 @@ class Scheduler:
 
     # -- goals ---------------------------------------------------------------------------
 
+    def goals_for(self, path: StorePath) -> list[GoalRecord]:
+        """The live goals for a derivation or a substituted path."""
+        return self.derivation_goals.get(path, []) + self.substitution_goals.get(path, [])
+
+    @staticmethod
+    def _shared_goal(goals: list[GoalRecord], build_mode: BuildMode, keep_going: bool,
+                     requests: frozenset[int]) -> GoalRecord | None:
+        """The existing goal to use, as makeDerivationGoal finds one.
+
+        Within one request any goal for the path will do, whatever its mode (Nix has one
+        Worker per buildPaths and looks goals up by path alone). Another request shares it
+        only if it wants the same: a --check or --repair request must not be answered by a
+        normal build, nor a keep-going one be cut short by a goal that stops at a failure.
+        """
+        for goal in goals:
+            if goal.requests & requests:
+                return goal
+        for goal in goals:
+            if goal.build_mode is build_mode and goal.keep_going == keep_going:
+                return goal
+        return None
+
     def _derivation_goal(self, drv_path: StorePath, outputs, build_mode, keep_going, requests) -> GoalRecord:
-        goal = self.derivation_goals.get(drv_path)
+        outputs = frozenset(outputs or ())
+        goal = self._shared_goal(self.derivation_goals.get(drv_path, []), build_mode, keep_going, requests)
         if goal is not None:
-            self._send(goal, AddWantedOutputs(outputs=frozenset(outputs or ())))
+            goal.asked = frozenset() if not outputs or not goal.asked else goal.asked | outputs
+            self._send(goal, AddWantedOutputs(outputs=outputs))
             self._add_requests(goal, requests)
             return goal
-        return self._new_goal("drv", drv_path, keep_going, requests, (frozenset(outputs or ()), build_mode))
+        return self._new_goal("drv", drv_path, keep_going, requests, (outputs, build_mode), build_mode, outputs)
 
     def _substitution_goal(self, path: StorePath, repair: bool, ca, keep_going, requests) -> GoalRecord:
-        goal = self.substitution_goals.get(path)
+        mode = BuildMode.Repair if repair else BuildMode.Normal
+        goal = self._shared_goal(self.substitution_goals.get(path, []), mode, keep_going, requests)
         if goal is not None:
             self._add_requests(goal, requests)
             return goal
-        return self._new_goal("subst", path, keep_going, requests, (repair, ca))
+        return self._new_goal("subst", path, keep_going, requests, (repair, ca), mode)
 
     def _new_goal(self, kind: str, path: StorePath, keep_going: bool, requests: frozenset[int],
-                  params) -> GoalRecord:
+                  params, build_mode: BuildMode, asked: frozenset[str] = frozenset()) -> GoalRecord:
         # key(): "a$" (substitutions) sorts before "b$" (derivations), then by name and path
         prefix, table = ("b", self.derivation_goals) if kind == "drv" else ("a", self.substitution_goals)
         key = f"{prefix}${path.name}${self.store_dir.print(path)}"
-        goal = GoalRecord(next(self._ids), kind, path, key, keep_going, requests=requests)
+        goal = GoalRecord(next(self._ids), kind, path, key, keep_going, build_mode, asked, requests=requests)
         self.goals[goal.id] = goal
-        table[path] = goal
+        table.setdefault(path, []).append(goal)
         goal.ref = self._start_goal(goal, params)
         self._activate(goal, Wake())
         return goal
@@ -203,14 +234,24 @@ class Scheduler:
         goal.waiters.append((waiter.id, resolved))
         waiter.waitees.add(goal.id)
 
-    def goal_finished(self, goal_id: int, finished: Finished) -> None:
-        """`Goal::amDone` and `Worker::removeGoal`."""
+    def goal_finished(self, goal_id: int, finished: Finished,
+                      wanted_outputs: frozenset[str] | None = None) -> None:
+        """`Goal::amDone` and `Worker::removeGoal`.
+
+        `wanted_outputs`: what a derivation goal built (empty: every output).
+        """
         goal = self.goals.pop(goal_id, None)
         if goal is None:
             return
         goal.finished = finished
         self._forget(goal)
         result = finished.result
+        if (goal.kind == "drv" and result.success and wanted_outputs
+                and (not goal.asked or goal.asked - wanted_outputs)):
+            # More outputs were asked for while this goal's end was on its way to us
+            # (addWantedOutputs came too late for its needRestart): a new goal does the rest.
+            self._restart(goal)
+            return
         if finished.thrown:
             if self.rounds:
                 # Nix stops at the first goal (in key order) that throws in a round
@@ -267,6 +308,24 @@ class Scheduler:
         if cut_short:
             self._collect_garbage()
 
+    def _restart(self, goal: GoalRecord) -> None:
+        """Hand `goal`'s waiters and requests to a new goal for the outputs asked of it."""
+        new = self._new_goal("drv", goal.path, goal.keep_going, goal.requests,
+                             (goal.asked, goal.build_mode), goal.build_mode, goal.asked)
+        for waiter_id, resolved in goal.waiters:
+            waiter = self.goals.get(waiter_id)
+            if waiter is not None:
+                waiter.waitees.discard(goal.id)
+                waiter.waitees.add(new.id)
+                new.waiters.append((waiter_id, resolved))
+        goal.waiters.clear()
+        for request_id in goal.top_of:
+            request = self.requests.get(request_id)
+            if request is not None:
+                request.top = [(target, new if g is goal else g) for target, g in request.top]
+                new.top_of.add(request_id)
+        goal.top_of.clear()
+
     def goal_started(self, goal_id: int, message: str) -> None:
         goal = self.goals.get(goal_id)
         if goal is None:
@@ -285,8 +344,11 @@ class Scheduler:
     def _forget(self, goal: GoalRecord) -> None:
         self.busy.pop(goal.id, None)
         table = self.derivation_goals if goal.kind == "drv" else self.substitution_goals
-        if table.get(goal.path) is goal:
-            del table[goal.path]
+        goals = table.get(goal.path, [])
+        if goal in goals:
+            goals.remove(goal)
+            if not goals:
+                del table[goal.path]
         if goal.id in self.running:
             self.release_build_slot(goal.id)
 

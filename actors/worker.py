@@ -105,8 +105,8 @@ class WorkerActor(pykka.ThreadingActor):
                 s.goal_started(goal, text)
             case GoalSaid(goal=goal, message=text):
                 s.goal_said(goal, text)
-            case GoalFinished(goal=goal, finished=finished):
-                s.goal_finished(goal, finished)
+            case GoalFinished(goal=goal, finished=finished, wanted_outputs=wanted):
+                s.goal_finished(goal, finished, wanted)
             case WaitAWhile(goal=goal):
                 self._wait_a_while(goal)
             case GoalIdle(goal=goal):
@@ -119,11 +119,11 @@ class WorkerActor(pykka.ThreadingActor):
                 s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
                           message.done.set_result)
             case BuildLogLine(drv_path=drv_path, line=line, is_message=is_message):
-                goal = s.derivation_goals.get(drv_path)
-                if goal is not None:
-                    event = Message(text=line) if is_message else LogLine(drv_path=drv_path, line=line)
-                    for observer in s.observers_of(goal):
-                        self._notify(observer, event)
+                event = Message(text=line) if is_message else LogLine(drv_path=drv_path, line=line)
+                observers = {id(o): o for goal in s.derivation_goals.get(drv_path, ())
+                             for o in s.observers_of(goal)}
+                for observer in observers.values():
+                    self._notify(observer, event)
             case _Stop(error=error):
                 s.abort_all(error)
             case _:

@@ -113,6 +113,8 @@ class GoalSaid:
 class GoalFinished:
     goal: int
     finished: Finished
+    # a derivation goal's wanted outputs when it finished (empty: all); None otherwise
+    wanted_outputs: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

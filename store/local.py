@@ -307,9 +307,17 @@ class LocalStore:
         from .drv_outputs import check_derivation_outputs
 
         read = read or self.read_derivation
+        check_derivation_outputs(self.store_dir, drv_path, read(drv_path), read, self.drv_hash_cache())
+
+    def drv_hash_cache(self) -> DrvHashCache:
+        """The memo of derivation hashes that every caller of hash_derivation_modulo shares.
+
+        Bounded for a long-lived store by starting a new dict, never by clearing this one:
+        a caller on another thread may be between filling an entry and reading it back.
+        """
         if len(self._drv_hash_cache) > _DRV_HASH_CACHE_MAX:
-            self._drv_hash_cache.clear()  # a long-lived store must not grow without bound
-        check_derivation_outputs(self.store_dir, drv_path, read(drv_path), read, self._drv_hash_cache)
+            self._drv_hash_cache = {}
+        return self._drv_hash_cache
 
     # -- registration -----------------------------------------------------------------------
 

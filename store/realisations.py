@@ -136,7 +136,7 @@ def register_drv_output(db: StoreDB, store_dir: StoreDir, info: Realisation) -> 
 def static_output_realisations(store: "LocalStore", drv_path: StorePath) -> dict[str, StorePath | None]:
     """For each output of `drv_path`, the path its realisation names (None if not realised)."""
     drv = store.read_derivation(drv_path)
-    hashes = static_output_hashes(store.store_dir, drv, store.read_derivation, store._drv_hash_cache)
+    hashes = static_output_hashes(store.store_dir, drv, store.read_derivation, store.drv_hash_cache())
     result: dict[str, StorePath | None] = {}
     for name, digest in hashes.items():
         realisation = query_realisation(store.db(), store.store_dir, DrvOutput(digest, name))

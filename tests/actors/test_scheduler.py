@@ -41,7 +41,7 @@ class Harness:
         self.s.realise(targets, BuildMode.Normal, keep_going, self.events.append, self.results.append)
 
     def goal(self, p: StorePath):
-        return self.s.derivation_goals.get(p) or self.s.substitution_goals.get(p)
+        return (self.s.goals_for(p) or [None])[0]
 
     def to(self, gid: int) -> list[object]:
         return [m for g, m in self.sent if g == gid]
@@ -233,3 +233,51 @@ def test_an_error_printed_when_its_goal_finished_is_not_printed_again_at_the_end
     assert h.results[0].error == "build of " + ", ".join(f"'{SD.print(d)}'" for d in sorted(
         [drv("bad"), drv("top")], key=SD.print)) + " failed"
     assert messages[-1] == "error: 1 dependencies of derivation 'top' failed to build"
+
+
+def test_concurrent_requests_share_a_goal_only_when_they_want_the_same():
+    h = Harness()
+    target = DerivedPath(drv("top"), frozenset())
+    h.s.realise([target], BuildMode.Normal, False, None, h.results.append)
+    h.s.realise([target], BuildMode.Normal, False, None, h.results.append)
+    assert len(h.s.goals) == 1  # the same thing wanted twice: built once
+    h.s.realise([target], BuildMode.Check, False, None, h.results.append)
+    h.s.realise([target], BuildMode.Normal, True, None, h.results.append)
+    assert len(h.s.goals) == 3  # a check, and a keep-going run, are goals of their own
+    assert sorted((g.build_mode.name, g.keep_going) for g in h.s.goals.values()) == [
+        ("Check", False), ("Normal", False), ("Normal", True)]
+    # Within one request any goal for the path will do, as in Nix's one Worker.
+    check = next(g for g in h.s.goals.values() if g.build_mode is BuildMode.Check)
+    h.s.add_waitee(check.id, WantDerivation(drv_path=drv("top"), wanted_outputs=frozenset(),
+                                            build_mode=BuildMode.Normal), False)
+    assert len(h.s.goals) == 3
+
+
+def test_outputs_asked_of_a_goal_that_already_finished_get_a_new_goal():
+    h = Harness()
+    h.realise(DerivedPath(drv("top"), frozenset()))
+    top = h.goal(drv("top"))
+    h.s.add_waitee(top.id, WantDerivation(drv_path=drv("dep"), wanted_outputs=frozenset({"out"}),
+                                          build_mode=BuildMode.Normal), False)
+    dep = h.goal(drv("dep"))
+    # another request wants "dev" while dep's GoalFinished (built "out" only) is in flight
+    h.realise(DerivedPath(drv("dep"), frozenset({"dev"})))
+    h.s.goal_finished(dep.id, Finished(exit_code=ExitCode.SUCCESS, result=BuildResult(status=Status.Built)),
+                      frozenset({"out"}))
+    again = h.goal(drv("dep"))
+    assert again is not None and again.id != dep.id and again.asked == frozenset({"out", "dev"})
+    assert again.waiters == [(top.id, False)] and top.waitees == {again.id}
+    assert not any(isinstance(m, WaiteeDone) for m in h.to(top.id))  # not told yet
+    assert len(h.results) == 0
+    h.finish(again.id, Status.Built)
+    assert h.to(top.id)[-1] == WaiteeDone(exit_code=ExitCode.SUCCESS)
+    assert len(h.results) == 1  # the second request, whose top goal it was
+
+
+def test_a_goal_that_built_what_was_asked_is_not_restarted():
+    h = Harness()
+    h.realise(DerivedPath(drv("dep"), frozenset({"out"})))
+    dep = h.goal(drv("dep"))
+    h.s.goal_finished(dep.id, Finished(exit_code=ExitCode.SUCCESS, result=BuildResult(status=Status.Built)),
+                      frozenset({"out"}))
+    assert h.goal(drv("dep")) is None and len(h.results) == 1
