@@ -183,18 +183,6 @@ class _ConnectionEnds(Exception):
     """Internal: the connection must close after an error was reported."""
 
 
-def describe_peer(pid: int | None, uid: int | None) -> str:
-    if uid is None:
-        return "client"
-    try:
-        import pwd
-
-        user = pwd.getpwuid(uid).pw_name
-    except (KeyError, ImportError):
-        user = str(uid)
-    return f"pid {pid}, user {user}"
-
-
 def stderr_note(text: str) -> None:
     try:
         sys.stderr.write(text.rstrip("\n") + "\n")
