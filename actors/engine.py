@@ -26,7 +26,7 @@ from goalkeeper.store.paths import StorePath
 from goalkeeper.store.settings import Settings
 
 from .derivation_goal_state import BuildMode
-from .goal_context import StoreReader
+from .goal_context import StoreReader, engine_public_keys
 from .query_missing import Missing, query_missing
 from .store_actor import start_store_actor
 from .worker import GoalServices, WorkerActor, stop_worker
@@ -41,17 +41,25 @@ class Engine:
     Args:
         store: an open LocalStore; the engine does not close it.
         settings: read when goals are created (max-jobs when the engine starts).
-        substituters: objects with the `Substituter` interface, in priority order.
+        substituters: objects with the `Substituter` interface, in priority order; None:
+            the binary caches of the `substituters` setting (closed with the engine).
         logger_is_verbose: the caller shows every build log line (as `nix-store` does), so
             failure messages leave out the "last N log lines" tail, as Nix's do then.
     """
 
-    def __init__(self, store: LocalStore, settings: Settings, *, substituters: Sequence = (),
-                 poll_interval: float | None = None, logger_is_verbose: bool = False):
+    def __init__(self, store: LocalStore, settings: Settings, *, substituters: Sequence | None = (),
+                 poll_interval: float | None = None, logger_is_verbose: bool = False,
+                 warn: Callable[[str], None] | None = None):
+        from .binary_cache_substituter import substituters_from_settings
         from .build_runner import BuildRunner
 
         self.store = store
         self.settings = settings
+        self._own_substituters = substituters is None
+        if substituters is None:
+            kwargs = {} if warn is None else {"warn": warn, "say": warn}
+            substituters = substituters_from_settings(store, settings, **kwargs)
+        self.substituters = tuple(substituters)
         self._pending: set[Future] = set()  # futures of realise() calls not yet answered
         self._pending_lock = threading.Lock()
         self._closed = False
@@ -60,11 +68,12 @@ class Engine:
         self._runner = BuildRunner(log_dir=store.config.log_dir, settings=settings, on_log_line=self._on_log_line,
                                    on_message=self._on_message, logger_is_verbose=logger_is_verbose)
         self._runner.start()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.get("max-jobs")) or 1),
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.get("max-substitution-jobs"))),
                                         thread_name_prefix="goalkeeper-substitute")
         services = GoalServices(store=store, reader=self._reader, settings=settings, store_ref=self._store_ref,
-                                runner=self._runner, substituters=tuple(substituters),
-                                substitution_pool=self._pool)
+                                runner=self._runner, substituters=self.substituters,
+                                substitution_pool=self._pool,
+                                public_keys=engine_public_keys(settings) if self.substituters else None)
         kwargs = {} if poll_interval is None else {"poll_interval": poll_interval}
         self._worker_ref = WorkerActor.start(services, **kwargs)
 
@@ -90,8 +99,17 @@ class Engine:
             with self._pending_lock:
                 self._pending.discard(done)
 
-    def query_missing(self, targets: Sequence[DerivedPath]) -> Missing:
-        return query_missing(self._reader, list(targets))
+    def query_missing(self, targets: Sequence[DerivedPath], *,
+                      on_error: Callable[[str], None] | None = None) -> Missing:
+        """`Store::queryMissing`: what would be built, fetched (asking the binary caches
+        in parallel), or is unknown."""
+        if not self.substituters:
+            return query_missing(self._reader, list(targets))
+        from .binary_cache_substituter import query_missing as query_missing_with_caches
+
+        return query_missing_with_caches(
+            self.store, self.substituters, list(targets), use_substitutes=bool(self.settings.get("substitute")),
+            try_fallback=bool(self.settings.get("fallback")), on_error=on_error)
 
     def close(self) -> None:
         """Stop every goal (killing their builds) and the engine's actors and threads."""
@@ -107,6 +125,10 @@ class Engine:
                 done.set_result(Realised(results={}, exit_status=1, error="the build engine was stopped"))
         self._runner.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._own_substituters:
+            from .binary_cache_substituter import close_substituters
+
+            close_substituters(self.substituters)
         self._store_ref.stop()
         self._reader.close()
 

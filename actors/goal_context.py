@@ -27,6 +27,7 @@ from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StorePath
 from goalkeeper.store.realisations import DrvOutput
 from goalkeeper.store.settings import Settings
+from goalkeeper.store.signatures import path_info_is_untrusted, public_keys
 
 T = TypeVar("T")
 
@@ -202,11 +203,18 @@ class LocalGoalContext:
         self.store.add_temp_root(path)
 
 
+def engine_public_keys(settings: Settings):
+    """`getPublicKeys`: trusted-public-keys and the public halves of secret-key-files."""
+    return public_keys(settings.get("trusted-public-keys"), settings.get("secret-key-files"))
+
+
 class LocalSubstitutionContext:
     """The `SubstitutionContext` of one substitution goal."""
 
-    def __init__(self, reader: StoreReader, settings: Settings, substituters: tuple, *, keep_going: bool):
+    def __init__(self, reader: StoreReader, settings: Settings, substituters: tuple, *, keep_going: bool,
+                 public_keys=None):
         self.reader = reader
+        self.public_keys = public_keys  # the engine's getPublicKeys(); None: read them from settings
         self.store = reader.store
         self.store_dir = reader.store.store_dir
         self.keep_going = keep_going
@@ -214,6 +222,7 @@ class LocalSubstitutionContext:
         self.try_fallback = bool(settings.get("fallback"))
         self.read_only = False  # Nix's readOnlyMode is for evaluation only
         self.require_sigs = bool(settings.get("require-sigs"))
+        self.settings = settings
         self.substituters = substituters
 
     def is_valid_path(self, path: StorePath) -> bool:
@@ -223,8 +232,13 @@ class LocalSubstitutionContext:
         self.store.add_temp_root(path)
 
     def path_info_is_untrusted(self, info: ValidPathInfo) -> bool:
-        """`pathInfoIsUntrusted`: signatures are only checked with require-sigs (issue 7 checks them)."""
-        return self.require_sigs and not info.sigs and info.ca is None
+        """`pathInfoIsUntrusted`: with require-sigs, no valid signature by a trusted key
+        (a content-addressed path proves itself)."""
+        if not self.require_sigs:
+            return False
+        if self.public_keys is None:
+            self.public_keys = engine_public_keys(self.settings)
+        return path_info_is_untrusted(info, self.store_dir, self.public_keys, self.require_sigs)
 
     def mark_contents_good(self, path: StorePath) -> None:
         self.reader.mark_contents_good(path)

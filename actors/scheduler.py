@@ -66,12 +66,17 @@ class RequestRecord:
 
 
 class Scheduler:
-    def __init__(self, store_dir: StoreDir, max_jobs: int, *, rounds: bool = False,
+    def __init__(self, store_dir: StoreDir, max_jobs: int, *, max_substitution_jobs: int = 16,
+                 rounds: bool = False,
                  start_goal: Callable[[GoalRecord, Any], Any],
                  send: Callable[[GoalRecord, object], None],
                  notify: Callable[[Callable[[object], None], object], None]):
         self.store_dir = store_dir
         self.max_jobs = max_jobs
+        # Substitutions have slots of their own (max-substitution-jobs, as Nix since 2.9;
+        # 2.8 counted them as builds); at least one may always run: they cannot go to a
+        # remote builder, so max-jobs = 0 must not stop them.
+        self.max_substitution_jobs = max(1, max_substitution_jobs)
         # Nix's worker runs in rounds: every awake goal works, in key() order, before the
         # next round and before it waits for builds. With `rounds`, what would wake a goal
         # (a new goal, a finished waitee, `wakeUp`, a granted slot) is held back until every
@@ -99,8 +104,10 @@ class Scheduler:
         # deferred grants no slot is given while any goal is still at work.
         self.busy: dict[int, int] = {}
         self.running: set[int] = set()  # goals holding a build slot
+        self.substituting: set[int] = set()  # goals holding a substitution slot
         self.started: set[int] = set()  # derivation goals whose builder runs (progress)
         self._wanting_slot: list[tuple[str, int]] = []  # heap by key()
+        self._wanting_substitution_slot: list[tuple[str, int]] = []
         self.expected_builds = self.done_builds = self.failed_builds = self.running_builds = 0
 
     # -- requests ------------------------------------------------------------------------
@@ -349,7 +356,7 @@ class Scheduler:
             goals.remove(goal)
             if not goals:
                 del table[goal.path]
-        if goal.id in self.running:
+        if goal.id in self.running or goal.id in self.substituting:
             self.release_build_slot(goal.id)
 
     def _collect_garbage(self) -> None:
@@ -369,28 +376,35 @@ class Scheduler:
 
     # -- build slots ---------------------------------------------------------------------
 
+    def _slots(self, goal: GoalRecord) -> tuple[set[int], list[tuple[str, int]], int]:
+        """(holders, waiting heap, limit) of the kind of slot `goal` needs."""
+        if goal.kind == "drv":
+            return self.running, self._wanting_slot, self.max_jobs
+        return self.substituting, self._wanting_substitution_slot, self.max_substitution_jobs
+
     def request_build_slot(self, goal_id: int) -> None:
+        """`waitForBuildSlot`: a build (or substitution) slot; the goal is woken when it has one."""
         goal = self.goals.get(goal_id)
         if goal is None:
             return
-        # Substitutions may run even with max-jobs = 0 (they cannot go to a remote builder).
-        limit = self.max_jobs if goal.kind == "drv" else max(1, self.max_jobs)
+        holders, wanting, limit = self._slots(goal)
         if limit == 0:
             for request in self._requests_of(goal):
                 self._fail_request(request, NO_BUILD_SLOTS)
             return
         if goal.kind == "drv":
             self.expected_builds += 1
-        if not self.rounds and len(self.running) < limit and not self._wanting_slot:
-            self.running.add(goal_id)
+        if not self.rounds and len(holders) < limit and not wanting:
+            holders.add(goal_id)
             self._send_now(goal, Wake())
             return
-        heapq.heappush(self._wanting_slot, (goal.key, goal_id))
+        heapq.heappush(wanting, (goal.key, goal_id))
         if not self.rounds:
             self.grant_slots()
 
     def release_build_slot(self, goal_id: int) -> None:
         self.running.discard(goal_id)
+        self.substituting.discard(goal_id)
         self.started.discard(goal_id)
         self.running_builds = len(self.started)
         if not self.rounds:
@@ -418,17 +432,17 @@ class Scheduler:
     def grant_slots(self) -> bool:
         """Give free slots to waiting goals in key() order; whether any was given."""
         granted = False
-        while self._wanting_slot and len(self.running) < max(1, self.max_jobs):
-            _, goal_id = heapq.heappop(self._wanting_slot)
-            goal = self.goals.get(goal_id)
-            if goal is None:
-                continue
-            if goal.kind == "drv" and len(self.running) >= self.max_jobs:
-                heapq.heappush(self._wanting_slot, (goal.key, goal_id))
-                return
-            self.running.add(goal_id)
-            self._send_now(goal, Wake())
-            granted = True
+        for holders, wanting, limit in ((self.substituting, self._wanting_substitution_slot,
+                                         self.max_substitution_jobs),
+                                        (self.running, self._wanting_slot, self.max_jobs)):
+            while wanting and len(holders) < limit:
+                _, goal_id = heapq.heappop(wanting)
+                goal = self.goals.get(goal_id)
+                if goal is None:
+                    continue
+                holders.add(goal_id)
+                self._send_now(goal, Wake())
+                granted = True
         return granted
 
     def wake(self, goal_id: int) -> None:

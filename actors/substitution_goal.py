@@ -40,7 +40,7 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
         self.services = services
         self.worker_ref = worker_ref
         ctx = LocalSubstitutionContext(services.reader, services.settings, services.substituters,
-                                       keep_going=keep_going)
+                                       keep_going=keep_going, public_keys=services.public_keys)
         self.state = SubstitutionGoalState(path, repair, ca, ctx)
         self._cancelled = False
 

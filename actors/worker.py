@@ -40,6 +40,7 @@ class GoalServices:
     runner: Any  # BuildRunner
     substituters: tuple = ()
     substitution_pool: Any = None  # concurrent.futures.Executor for substitutions' copies
+    public_keys: Any = None  # getPublicKeys(), read once per engine (None: by each goal)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +55,7 @@ class WorkerActor(pykka.ThreadingActor):
         self.poll_interval = poll_interval
         max_jobs = services.settings.get("max-jobs")
         self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), rounds=True,
+                                   max_substitution_jobs=int(services.settings.get("max-substitution-jobs")),
                                    start_goal=self._start_goal,
                                    send=self._send, notify=self._notify)
         self._timers: set[threading.Timer] = set()

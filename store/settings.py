@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 
 from .errors import BadSetting, StoreError
-from .settings_table import EXPERIMENTAL_FEATURES, SETTINGS
+from .settings_table import EXPERIMENTAL_FEATURES, GOALKEEPER_EXTENSIONS, SETTINGS
 
 Warn = Callable[[str], None]
 
@@ -190,8 +190,10 @@ class Settings:
         return _render(self._values[canonical])
 
     def show_config(self) -> str:
-        """All settings as `nix show-config` prints them: `name = value` lines sorted by name."""
-        return "".join(f"{name} = {self.to_string(name)}\n" for name in sorted(SETTINGS))
+        """Nix's settings as `nix show-config` prints them: `name = value` lines sorted by name
+        (goalkeeper's own, `GOALKEEPER_EXTENSIONS`, are left out: the output is Nix's)."""
+        return "".join(f"{name} = {self.to_string(name)}\n" for name in sorted(SETTINGS)
+                       if name not in GOALKEEPER_EXTENSIONS)
 
     def overridden(self) -> dict[str, str]:
         """Settings set explicitly (user config files, `$NIX_CONFIG`, `--option`), name -> text.

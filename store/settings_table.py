@@ -70,6 +70,7 @@ SETTINGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "max-build-log-size": ("u64", "0", ("build-max-log-size",)),
     "max-free": ("u64", "18446744073709551615", ()),
     "max-jobs": ("max-jobs", "1", ("build-max-jobs",)),
+    "max-substitution-jobs": ("u32", "16", ("substitution-max-jobs",)),
     "max-silent-time": ("i64", "0", ("build-max-silent-time",)),
     "min-free": ("u64", "0", ()),
     "min-free-check-interval": ("u64", "5", ()),
@@ -114,6 +115,10 @@ SETTINGS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "user-agent-suffix": ("string", "", ()),
     "warn-dirty": ("bool", "true", ()),
 }
+
+# Settings goalkeeper has and Nix 2.8 does not. max-substitution-jobs: Nix 2.9's setting,
+# name and default (2.8 counts substitutions as builds, against max-jobs).
+GOALKEEPER_EXTENSIONS = frozenset({"max-substitution-jobs"})
 
 #: Nix 2.8's experimental features (experimental-features.cc).
 EXPERIMENTAL_FEATURES = frozenset(

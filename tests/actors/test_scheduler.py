@@ -281,3 +281,20 @@ def test_a_goal_that_built_what_was_asked_is_not_restarted():
     h.s.goal_finished(dep.id, Finished(exit_code=ExitCode.SUCCESS, result=BuildResult(status=Status.Built)),
                       frozenset({"out"}))
     assert h.goal(drv("dep")) is None and len(h.results) == 1
+
+
+def test_substitutions_have_slots_of_their_own():
+    h = Harness(max_jobs=1)
+    h.s.max_substitution_jobs = 2
+    h.realise(DerivedPath(drv("x"), frozenset()), DerivedPath(path("p")), DerivedPath(path("q")),
+              DerivedPath(path("r")))
+    x, p, q, r = (h.goal(drv("x")), h.goal(path("p")), h.goal(path("q")), h.goal(path("r")))
+    h.sent.clear()
+    for g in (x, p, q, r):
+        h.s.request_build_slot(g.id)
+    # the build and two substitutions run at once; the third substitution waits for one
+    assert h.sent == [(x.id, Wake()), (p.id, Wake()), (q.id, Wake())]
+    h.s.release_build_slot(x.id)
+    assert h.sent[-1] == (q.id, Wake())  # a free build slot is no substitution slot
+    h.s.release_build_slot(p.id)
+    assert h.sent[-1] == (r.id, Wake())

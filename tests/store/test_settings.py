@@ -10,7 +10,7 @@ import pytest
 
 from goalkeeper.store.errors import BadSetting, StoreError
 from goalkeeper.store.settings import MissingExperimentalFeature, SandboxMode, Settings
-from goalkeeper.store.settings_table import SETTINGS
+from goalkeeper.store.settings_table import GOALKEEPER_EXTENSIONS, SETTINGS
 
 # Set by the `nix` command itself, not by configuration.
 _NIX_COMMAND_ONLY = {"pure-eval"}
@@ -60,7 +60,7 @@ def test_defaults_without_files():
 @pytest.mark.nix
 def test_table_matches_nix_show_config_json(run_nix, tmp_path):
     real = json.loads(_real_show_config(run_nix, tmp_path, "--json").stdout)
-    assert set(real) == set(SETTINGS)
+    assert set(real) == set(SETTINGS) - GOALKEEPER_EXTENSIONS
     ours = Settings(environ={})
     for name, info in real.items():
         kind, default, aliases = SETTINGS[name]

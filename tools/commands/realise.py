@@ -74,20 +74,11 @@ def run(args: argparse.Namespace, ctx) -> int:
     printer = _Printer(ctx.stderr)
 
     # Binary caches from `substituters` (`--option substituters …` included), in priority order.
-    from goalkeeper.actors.binary_cache_substituter import close_substituters, substituters_from_settings
-
-    substituters = substituters_from_settings(store, settings, warn=printer.line, say=printer.line)
     # nix-store's logger shows every build log line, so Nix leaves the log tail out of build errors.
-    engine = Engine(store, settings, substituters=substituters, logger_is_verbose=True)
+    engine = Engine(store, settings, substituters=None, logger_is_verbose=True, warn=printer.line)
     try:
-        if substituters:
-            # queryMissing asks the caches (in parallel) what they can fetch instead of building
-            from goalkeeper.actors.binary_cache_substituter import query_missing
-
-            missing = query_missing(store, substituters, targets, use_substitutes=bool(settings.get("substitute")),
-                                    try_fallback=bool(settings.get("fallback")), on_error=printer.line)
-        else:
-            missing = engine.query_missing(targets)
+        # queryMissing asks the caches (in parallel) what they can fetch instead of building
+        missing = engine.query_missing(targets, on_error=printer.line)
         if settings.print_missing:
             print_missing(store, missing, printer.line)
         if args.dry_run:
@@ -98,7 +89,6 @@ def run(args: argparse.Namespace, ctx) -> int:
         realised = engine.realise(targets, build_mode=build_mode, observer=printer.event)
     finally:
         engine.close()
-        close_substituters(substituters)
 
     if args.json:
         results = [result_json(store, target, realised.results.get(target)) for target in targets]
