@@ -192,3 +192,54 @@ def test_fifty_concurrent_clients(plain_daemon):
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+LONG = r"""
+{ marker }:
+derivation {
+  name = "long"; system = "x86_64-linux"; builder = "/bin/sh";
+  args = ["-c" "echo $$ > ${marker}; echo started; exec /bin/sleep 1000"];
+}
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return not any(line.startswith("State:\tZ") for line in f)
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_kills_running_builds_and_exits_cleanly(plain_daemon):
+    top, proc, uri = plain_daemon
+    (top / "long.nix").write_text(LONG)
+    marker = top / "builder.pid"
+    drv = run(uri, "nix-instantiate", top / "long.nix", "--argstr", "marker", marker).decode().strip()
+    out = run(uri, "nix-store", "-q", "--outputs", drv).decode().strip()
+    client = subprocess.Popen(nix_argv(uri, "nix-store", "-r", drv), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (marker.exists() and marker.read_text().strip()):
+        assert time.monotonic() < deadline and client.poll() is None, "the builder never started"
+        time.sleep(0.05)
+    builder = int(marker.read_text())
+    assert _alive(builder)
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    _, err = client.communicate(timeout=20)
+    assert client.returncode != 0, err.decode()
+    assert not _alive(builder), "the builder outlived the daemon"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        with pytest.raises(OSError):  # nobody accepts any more
+            s.connect(str(top / "sock"))
+
+    # Real Nix, opening the store directly, finds the output invalid and the store consistent.
+    local = f"local?store={top}/store&state={top}/var/nix&log={top}/var/log/nix"
+    check = subprocess.run(nix_argv(local, "nix-store", "--check-validity", out), capture_output=True,
+                           timeout=60, env=env())
+    assert check.returncode != 0 and b"is not valid" in check.stderr, check.stderr.decode()
+    verify = subprocess.run(nix_argv(local, "nix-store", "--verify", "--check-contents"), capture_output=True,
+                            timeout=60, env=env())
+    assert verify.returncode == 0 and b"error" not in verify.stderr, verify.stderr.decode()
