@@ -6,6 +6,7 @@ show: error framing, bounded reads, vanishing clients, trust, and the client API
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 
@@ -225,3 +226,27 @@ def test_match_user():
     assert match_user("alice", "users", ["@users"])
     assert not match_user("alice", "users", ["root", "@wheel-does-not-exist"])
 
+
+
+def test_the_store_deleted_and_recreated_between_connections(daemon, tmp_path):
+    root = tmp_path / "root"
+    config = DaemonStoreConfig(daemon.socket_path)
+    with RemoteStore(config, log=lambda text: None) as first:
+        old = first.add_text_to_store("old", "before the store went away")
+        assert first.is_valid_path(old)
+    long_lived = RemoteStore(config, log=lambda text: None)
+    assert long_lived.is_valid_path(old)  # connected before the store went away
+    shutil.rmtree(root)
+    with RemoteStore(config, log=lambda text: None) as second:
+        assert second.query_all_valid_paths() == set()  # a new, empty store
+        new = second.add_text_to_store("new", "after")
+        assert (root / "nix" / "store" / new.base).read_text() == "after"
+    assert long_lived.is_valid_path(old)  # still on the store it started with
+    long_lived.close()
+    # deleted and recreated by someone else, with only the store dir left: a fresh database
+    shutil.rmtree(root / "nix" / "var")
+    with RemoteStore(config, log=lambda text: None) as third:
+        assert not third.is_valid_path(new)
+        assert third.add_text_to_store("new", "after") == new
+        assert third.query_all_valid_paths() == {new}
+    assert daemon.store.query_all_valid_paths() == {new}

@@ -243,3 +243,22 @@ def test_sigterm_kills_running_builds_and_exits_cleanly(plain_daemon):
     verify = subprocess.run(nix_argv(local, "nix-store", "--verify", "--check-contents"), capture_output=True,
                             timeout=60, env=env())
     assert verify.returncode == 0 and b"error" not in verify.stderr, verify.stderr.decode()
+
+
+def test_store_recreated_between_real_nix_connections(plain_daemon):
+    top, proc, uri = plain_daemon
+    f = top / "f.txt"
+    f.write_text("survives\n")
+    path = run(uri, "nix-store", "--add", f).decode().strip()
+    for sub in ("store", "var"):
+        shutil.rmtree(top / sub)
+    (top / "store").mkdir()  # as an administrator recreating it would; the daemon makes the rest
+    check = subprocess.run(nix_argv(uri, "nix-store", "--check-validity", path), capture_output=True, timeout=60,
+                           env=env())
+    assert check.returncode == 1 and b"is not valid" in check.stderr, check.stderr.decode()
+    assert run(uri, "nix-store", "--add", f).decode().strip() == path
+    nar_hash = run(uri, "nix-hash", "--type", "sha256", "--base32", f)
+    assert run(uri, "nix-store", "-q", "--hash", path) == b"sha256:" + nar_hash
+    assert (top / "var" / "nix" / "db" / "db.sqlite").exists()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0

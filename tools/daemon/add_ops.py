@@ -31,7 +31,7 @@ def add_to_store(conn, r: WireReader) -> None:
     refs = read_paths(r, conn.store_dir)
     repair = r.bool()
     conn.start_work()
-    store = conn.daemon.store
+    store = conn.store
     source = FramedSource(r)
     try:
         method, algo = parse_method(cam)
@@ -68,7 +68,7 @@ def _add_to_store_legacy(conn, r: WireReader) -> None:
     if method == "flat" and not sink.regular:
         raise StoreError("regular file expected")
     data = bytes(saved) if method == "recursive" else bytes(sink.data)
-    path = add_from_dump(conn.daemon.store, name, method, algo, io.BytesIO(data), ())
+    path = add_from_dump(conn.store, name, method, algo, io.BytesIO(data), ())
     conn.finish(WireWriter().string(conn.store_dir.print(path)))
 
 
@@ -87,7 +87,7 @@ def add_text_to_store(conn, r: WireReader) -> None:
     text = r.bytes(MAX_TEXT_LEN, "text")
     refs = read_paths(r, conn.store_dir)
     conn.start_work()
-    path = conn.daemon.store.add_text_to_store(name, text, refs)
+    path = conn.store.add_text_to_store(name, text, refs)
     conn.finish(WireWriter().string(conn.store_dir.print(path)))
 
 
@@ -111,7 +111,7 @@ def add_to_store_nar(conn, r: WireReader) -> None:
     if not conn.trusted:
         dont_check_sigs = False
         info = info.replace(ultimate=False)
-    store = conn.daemon.store
+    store = conn.store
     if version.has_framed_nar(conn.minor):
         conn.start_work()
         source = FramedSource(r)
@@ -144,7 +144,7 @@ def add_multiple_to_store(conn, r: WireReader) -> None:
         for _ in range(count):
             info = read_path_info(inner, conn.store_dir, 16).replace(ultimate=False)
             _check_sigs(conn, info, dont_check_sigs)
-            import_nar(conn.daemon.store, info, _reader_file(inner), repair=repair)
+            import_nar(conn.store, info, _reader_file(inner), repair=repair)
     finally:
         source.drain()
     conn.finish()
@@ -163,7 +163,7 @@ def add_build_log(conn, r: WireReader) -> None:
         source.drain()
     if not drv_path.is_derivation():
         raise StoreError(f"path '{base}' is not a derivation")
-    write_build_log(conn.daemon.store.config.log_dir, base, log)
+    write_build_log(conn.store.config.log_dir, base, log)
     conn.finish(WireWriter().u64(1))
 
 
@@ -185,7 +185,7 @@ def add_signatures(conn, r: WireReader) -> None:
     conn.start_work()
     if not conn.trusted:
         raise StoreError("you are not privileged to add signatures")
-    store = conn.daemon.store
+    store = conn.store
     info = store.require_path_info(path)
     store.update_path_info(info.replace(sigs=info.sigs | frozenset(sigs)))
     conn.finish(WireWriter().u64(1))
@@ -196,7 +196,7 @@ def nar_from_path(conn, r: WireReader) -> None:
     path = read_path(r, conn.store_dir)
     conn.start_work()
     conn.finish()
-    real = conn.daemon.store.real_path(path)
+    real = conn.store.real_path(path)
     if not os.path.lexists(real):
         raise StoreError(f"getting status of '{real}': No such file or directory")
     for chunk in nar.dump_path(real):

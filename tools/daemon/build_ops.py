@@ -23,6 +23,8 @@ from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Base
 from goalkeeper.store.paths import StorePath
 
+from .generation import engine_path
+
 BM_NORMAL, BM_REPAIR, BM_CHECK = 0, 1, 2
 # the engine's text for a started build; Nix's logger appends "..." to an activity's text
 _BUILDING = re.compile(r"(building '([^']+)'(?: \(round (\d+)/(\d+)\))?)\.\.\.")
@@ -116,7 +118,7 @@ def _check_mode_allowed(conn, mode: int) -> None:
 def _realise(conn, targets: list[DerivedPath], mode: int):
     events = BuildEvents(conn)
     try:
-        return conn.daemon.realise(targets, mode, keep_going=conn.options.keep_going, observer=events)
+        return conn.generation.realise(targets, mode, keep_going=conn.options.keep_going, observer=events)
     finally:
         events.stop_all()
 
@@ -161,7 +163,7 @@ def goal_results(conn, targets: list[DerivedPath], results: dict) -> list[tuple[
     goals: dict[tuple[str, str], tuple[DerivedPath, dict, object]] = {}
     for target in targets:
         key = ("b" if target.outputs is not None else "a", target.path.base)
-        result = results.get(conn.daemon.engine_path(target))
+        result = results.get(engine_path(target))
         if key not in goals:
             goals[key] = (target, {}, result)
         if result is not None:
@@ -189,7 +191,7 @@ def _wire_result(conn, target: DerivedPath, outputs: dict, result) -> WireBuildR
 
 def _realisations(conn, target: DerivedPath, outputs: dict) -> dict[str, str]:
     """builtOutputs: DrvOutput id (`sha256:<static hash>!<out>`) -> Realisation JSON."""
-    store = conn.daemon.store
+    store = conn.store
     try:
         hashes = static_output_hashes(store.store_dir, store.read_derivation(target.path), store.read_derivation)
     except StoreError:
@@ -212,7 +214,7 @@ def build_derivation(conn, r: WireReader) -> None:
     mode = _read_build_mode(conn, r)
     conn.start_work()
     _check_mode_allowed(conn, mode)
-    store = conn.daemon.store
+    store = conn.store
     if not store.is_valid_path(drv_path):
         raise StoreError(f"cannot build derivation '{conn.store_dir.print(drv_path)}' sent by the client: "
                          "goalkeeper's daemon builds only derivations that are valid in its store")
@@ -222,7 +224,7 @@ def build_derivation(conn, r: WireReader) -> None:
         raise StoreError(f"derivation '{conn.store_dir.print(drv_path)}' sent by the client does not match the store")
     target = DerivedPath(drv_path, frozenset())
     realised = _realise(conn, [target], mode)
-    result = realised.results.get(conn.daemon.engine_path(target))
+    result = realised.results.get(engine_path(target))
     wire = _wire_result(conn, target, dict(result.built_outputs) if result else {}, result)
     if result is None and realised.error:
         wire = WireBuildResult(status=9, error_msg=realised.error)
@@ -234,7 +236,7 @@ def build_derivation(conn, r: WireReader) -> None:
 def ensure_path(conn, r: WireReader) -> None:
     path = read_path(r, conn.store_dir)
     conn.start_work()
-    if not conn.daemon.store.is_valid_path(path):
+    if not conn.store.is_valid_path(path):
         realised = _realise(conn, [DerivedPath(path)], BM_NORMAL)
         if realised.error is not None:
             raise _BuildFailed(realised.error, realised.exit_status)

@@ -50,17 +50,20 @@ class Connection:
     Args:
         read: returns up to n bytes from the client (b"" at end of stream).
         send: writes all bytes to the client.
-        daemon: the `Daemon` (its store I/O, settings and op table).
+        daemon: the `Daemon` (its settings and op table).
+        generation: the store and engine this connection uses (`StoreGeneration`).
         trusted: the peer is in trusted-users (privileged ops and settings allowed).
         peer: a description for the daemon's own log.
     """
 
-    def __init__(self, read: Callable[[int], bytes], send: Callable[[bytes], object], daemon, *,
+    def __init__(self, read: Callable[[int], bytes], send: Callable[[bytes], object], daemon, generation, *,
                  trusted: bool, peer: str = "client"):
         self.reader = WireReader(read)
         self._send = send
         self._send_lock = threading.Lock()
         self.daemon = daemon
+        self.generation = generation
+        self.store = generation.store
         self.store_dir = daemon.store_dir
         self.trusted = trusted
         self.peer = peer

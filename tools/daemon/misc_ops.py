@@ -16,14 +16,14 @@ from . import roots
 def add_temp_root(conn, r: WireReader) -> None:
     path = read_path(r, conn.store_dir)
     conn.start_work()
-    conn.daemon.store.add_temp_root(path)
+    conn.store.add_temp_root(path)
     conn.finish(WireWriter().u64(1))
 
 
 def add_indirect_root(conn, r: WireReader) -> None:
     link = r.string(1 << 12, "root path")
     conn.start_work()
-    roots.add_indirect_root(conn.daemon.store, link)
+    roots.add_indirect_root(conn.store, link)
     conn.finish(WireWriter().u64(1))
 
 
@@ -34,7 +34,7 @@ def sync_with_gc(conn, r: WireReader) -> None:
 
 def find_roots(conn, r: WireReader) -> None:
     conn.start_work()
-    found = roots.find_roots(conn.daemon.store)
+    found = roots.find_roots(conn.store)
     w = WireWriter().u64(len(found))
     for link, target in found:
         w.string(link).string(conn.store_dir.print(target))
@@ -56,7 +56,7 @@ def optimise_store(conn, r: WireReader) -> None:
     from goalkeeper.store.optimise import optimise_store as optimise, show_bytes
 
     conn.start_work()
-    stats = optimise(conn.daemon.store)
+    stats = optimise(conn.store)
     conn.log(f"{show_bytes(stats.bytes_freed)} freed by hard-linking {stats.files_linked} files")
     conn.finish(WireWriter().u64(1))
 
@@ -69,7 +69,7 @@ def verify_store(conn, r: WireReader) -> None:
     conn.start_work()
     if repair and not conn.trusted:
         raise StoreError("you are not privileged to repair paths")
-    errors = verify(conn.daemon.store, check_contents, repair, log=lambda text: conn.log(text, 0))
+    errors = verify(conn.store, check_contents, repair, log=lambda text: conn.log(text, 0))
     conn.finish(WireWriter().bool(errors))
 
 
@@ -81,7 +81,7 @@ def query_realisation(conn, r: WireReader) -> None:
     id_text = r.string(1 << 10, "derivation output id")
     drv_output = DrvOutput.parse(id_text)
     conn.start_work()
-    store = conn.daemon.store
+    store = conn.store
     realisation = store.query_realisation(drv_output) if _ca_enabled(store) else None
     w = WireWriter()
     if version.has_realisation_json(conn.minor):
@@ -103,7 +103,7 @@ def register_drv_output(conn, r: WireReader) -> None:
     conn.start_work()
     realisation = Realisation(DrvOutput.parse(id_text), out_path, sigs,
                               {DrvOutput.parse(k): v for k, v in deps.items()})
-    conn.daemon.store.register_drv_output(realisation)
+    conn.store.register_drv_output(realisation)
     conn.finish()
 
 

@@ -46,7 +46,7 @@ def set_options(conn, r: WireReader) -> None:
 def is_valid_path(conn, r: WireReader) -> None:
     path = read_path(r, conn.store_dir)
     conn.start_work()
-    valid = conn.daemon.store.is_valid_path(path)
+    valid = conn.store.is_valid_path(path)
     conn.finish(WireWriter().bool(valid))
 
 
@@ -55,7 +55,7 @@ def query_valid_paths(conn, r: WireReader) -> None:
     if version.has_substitute_flag(conn.minor):
         r.bool()  # substitute: goalkeeper has no substituters yet
     conn.start_work()
-    store = conn.daemon.store
+    store = conn.store
     valid = [p for p in paths if store.is_valid_path(p)]
     w = WireWriter()
     write_paths(w, conn.store_dir, valid)
@@ -65,14 +65,14 @@ def query_valid_paths(conn, r: WireReader) -> None:
 def query_all_valid_paths(conn, r: WireReader) -> None:
     conn.start_work()
     w = WireWriter()
-    write_paths(w, conn.store_dir, conn.daemon.store.query_all_valid_paths())
+    write_paths(w, conn.store_dir, conn.store.query_all_valid_paths())
     conn.finish(w)
 
 
 def query_path_info(conn, r: WireReader) -> None:
     path = read_path(r, conn.store_dir)
     conn.start_work()
-    info = conn.daemon.store.query_path_info(path)
+    info = conn.store.query_path_info(path)
     w = WireWriter()
     if info is None:
         if not version.has_valid_flag_in_path_info(conn.minor):
@@ -90,7 +90,7 @@ def _path_set_query(method: str):
         path = read_path(r, conn.store_dir)
         conn.start_work()
         w = WireWriter()
-        write_paths(w, conn.store_dir, getattr(conn.daemon.store, method)(path))
+        write_paths(w, conn.store_dir, getattr(conn.store, method)(path))
         conn.finish(w)
 
     handler.__name__ = method
@@ -100,7 +100,7 @@ def _path_set_query(method: str):
 def query_derivation_output_map(conn, r: WireReader) -> None:
     path = read_path(r, conn.store_dir)
     conn.start_work()
-    outputs = conn.daemon.store.query_partial_derivation_output_map(path)
+    outputs = conn.store.query_partial_derivation_output_map(path)
     w = WireWriter().u64(len(outputs))
     for name in sorted(outputs):
         out = outputs[name]
@@ -111,7 +111,7 @@ def query_derivation_output_map(conn, r: WireReader) -> None:
 def query_path_from_hash_part(conn, r: WireReader) -> None:
     hash_part = r.string(1 << 10, "hash part")
     conn.start_work()
-    path = conn.daemon.store.query_path_from_hash_part(hash_part)
+    path = conn.store.query_path_from_hash_part(hash_part)
     conn.finish(WireWriter().string(conn.store_dir.print(path) if path is not None else ""))
 
 
@@ -141,7 +141,7 @@ def has_substitutes(conn, r: WireReader) -> None:
 def query_missing(conn, r: WireReader) -> None:
     targets = read_derived_paths(r, conn.store_dir, conn.minor)
     conn.start_work()
-    missing = conn.daemon.query_missing(targets)
+    missing = conn.generation.query_missing(targets)
     w = WireWriter()
     for paths in (missing.will_build, missing.will_substitute, missing.unknown):
         write_paths(w, conn.store_dir, paths)
@@ -153,7 +153,7 @@ def query_deriver(conn, r: WireReader) -> None:
     """Obsolete (clients < 1.17 era), still cheap to answer."""
     path = read_path(r, conn.store_dir)
     conn.start_work()
-    info = conn.daemon.store.require_path_info(path)
+    info = conn.store.require_path_info(path)
     conn.finish(WireWriter().string(conn.store_dir.print(info.deriver) if info.deriver else ""))
 
 

@@ -5,8 +5,10 @@ outside the actor system; builds go to one long-lived `Engine`, created on the
 first request that needs it and shared by every connection, so a derivation
 two clients want is built once. Peer credentials (SO_PEERCRED) decide, as
 Nix's `matchUser` does, whether a client is trusted (`trusted-users`) or
-allowed at all (`allowed-users`). SIGTERM stops accepting, stops the engine
-(killing running builds) and closes the store.
+allowed at all (`allowed-users`). If the store is deleted (and perhaps
+recreated) between connections, the next connection gets it reopened
+(`generation.py`). SIGTERM stops accepting, stops the engine (killing running
+builds) and closes the store.
 """
 
 from __future__ import annotations
@@ -21,39 +23,45 @@ import struct
 import threading
 
 from goalkeeper.protocol.errors import ProtocolError
+from goalkeeper.store.errors import StoreError
 
 from . import add_ops, build_ops, misc_ops, query_ops
 from .connection import Connection, stderr_note
+from .generation import StoreGeneration, engine_path
 
 HANDLERS = {**query_ops.HANDLERS, **add_ops.HANDLERS, **build_ops.HANDLERS, **misc_ops.HANDLERS}
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class Daemon:
-    """What every connection shares: the store, the settings, the engine, activity ids.
+    """What every connection shares: the store and its engine, the settings, activity ids.
 
     Args:
-        store: an open LocalStore (the daemon closes it in `close`).
+        store: an open LocalStore (the daemon closes it in `close`, or when it is replaced).
         settings: the daemon's settings (nix.conf and `--option`).
         quiet: leave out the per-connection notes on stderr.
     """
 
     def __init__(self, store, settings, *, quiet: bool = False):
-        self.store = store
         self.store_dir = store.store_dir
         self.settings = settings
         self.handlers = HANDLERS
         self.quiet = quiet
-        self._engine = None
-        self._engine_lock = threading.Lock()
+        self._current = StoreGeneration(store, settings)
+        self._retired: set[StoreGeneration] = set()
+        self._lock = threading.Lock()
         # Activity ids are (pid << 32) + counter, as nix-daemon numbers them.
         self._activity_ids = itertools.count(os.getpid() << 32)
         self._ids_lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
         self._conns: set[socket.socket] = set()
         self._closed = False
 
     # -- shared services ---------------------------------------------------------------------
+
+    @property
+    def store(self):
+        """The store new connections get."""
+        return self._current.store
 
     def next_activity_id(self) -> int:
         with self._ids_lock:
@@ -63,42 +71,49 @@ class Daemon:
         if not self.quiet:
             stderr_note(text)
 
-    @property
-    def engine(self):
-        with self._engine_lock:
+    engine_path = staticmethod(engine_path)
+
+    def acquire(self) -> StoreGeneration:
+        """The generation a new connection uses: the current one, or a fresh one if the
+        store was deleted or replaced since it was opened."""
+        with self._lock:
             if self._closed:
                 raise ProtocolError("the daemon is shutting down")
-            if self._engine is None:
-                from goalkeeper.actors.engine import Engine
+            current = self._current
+            if current.is_stale():
+                from goalkeeper.store.local import LocalStore
 
-                # nix-daemon's logger is not "verbose", so build errors carry the log tail.
-                self._engine = Engine(self.store, self.settings, logger_is_verbose=False)
-            return self._engine
+                self.note(f"the store at '{current.store.config.real_store_dir}' was replaced; reopening it")
+                current.retired = True
+                if current.users == 0:
+                    # Before opening the new one: both would share this process's temp roots file.
+                    current.close()
+                else:
+                    self._retired.add(current)
+                current = self._current = StoreGeneration(
+                    LocalStore.open(current.store.config, current.store.settings), self.settings)
+            current.users += 1
+            return current
 
-    @staticmethod
-    def engine_path(target):
-        """The engine's DerivedPath for a protocol one."""
-        from goalkeeper.actors.worker_messages import DerivedPath
-
-        return DerivedPath(target.path, target.outputs)
-
-    def realise(self, targets, build_mode: int, *, keep_going: bool, observer):
-        from goalkeeper.actors.derivation_goal_state import BuildMode
-
-        return self.engine.realise([self.engine_path(t) for t in targets], build_mode=BuildMode(build_mode),
-                                   keep_going=keep_going, observer=observer)
-
-    def query_missing(self, targets):
-        return self.engine.query_missing([self.engine_path(t) for t in targets])
+    def release(self, generation: StoreGeneration) -> None:
+        generation.store.release_thread_db()
+        with self._lock:
+            generation.users -= 1
+            done = generation.retired and generation.users == 0 and generation in self._retired
+            if done:
+                self._retired.discard(generation)
+        if done:
+            generation.close()
 
     # -- connections -------------------------------------------------------------------------
 
     def serve_connection(self, read, send, *, trusted: bool, peer: str = "client") -> None:
         """Serve one client on the calling thread (used for --stdio and by the socket threads)."""
+        generation = self.acquire()
         try:
-            Connection(read, send, self, trusted=trusted, peer=peer).serve()
+            Connection(read, send, self, generation, trusted=trusted, peer=peer).serve()
         finally:
-            self.store.release_thread_db()
+            self.release(generation)
 
     def serve_socket(self, sock: socket.socket) -> None:
         """Accept connections on a listening socket until it is closed (by `close`)."""
@@ -109,12 +124,10 @@ class Daemon:
                 if self._closed:
                     return
                 raise
-            thread = threading.Thread(target=self._serve_accepted, args=(conn,), daemon=True,
-                                      name="goalkeeper-daemon-conn")
-            with self._engine_lock:
-                self._threads.add(thread)
+            with self._lock:
                 self._conns.add(conn)
-            thread.start()
+            threading.Thread(target=self._serve_accepted, args=(conn,), daemon=True,
+                             name="goalkeeper-daemon-conn").start()
 
     def _serve_accepted(self, conn: socket.socket) -> None:
         try:
@@ -128,26 +141,29 @@ class Daemon:
             self.note(f"accepted connection from pid {pid}, user {user}{' (trusted)' if trusted else ''}")
             self.serve_connection(lambda n: conn.recv(min(n, 1 << 20)), conn.sendall, trusted=trusted,
                                   peer=f"pid {pid}")
+        except ProtocolError as e:  # shutting down, or the store cannot be reopened
+            self.note(f"error: {e}")
+        except StoreError as e:
+            self.note(f"error: {e}")
         finally:
-            with self._engine_lock:
-                self._threads.discard(threading.current_thread())
+            with self._lock:
                 self._conns.discard(conn)
             conn.close()
 
     def close(self) -> None:
-        """Stop the engine (killing builds), end the connections, close the store."""
-        with self._engine_lock:
+        """Stop the engines (killing builds), end the connections, close the stores."""
+        with self._lock:
             self._closed = True
-            engine, self._engine = self._engine, None
+            generations = [self._current, *self._retired]
+            self._retired.clear()
             conns = list(self._conns)
-        if engine is not None:
-            engine.close()
+        for generation in generations:
+            generation.close()
         for conn in conns:
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        self.store.close()
 
 
 def match_user(user: str, group: str, users) -> bool:
