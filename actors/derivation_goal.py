@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import traceback
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pykka
@@ -22,10 +24,12 @@ from goalkeeper.store.paths import StorePath
 from goalkeeper.store.realisations import DrvOutput, Realisation
 
 from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSetupFailed, DerivationGoalState,
-                                    Finished, OutputsRegistered, PrintError, RegisterOutputs,
-                                    RegisterResolvedRealisations, ResolveAndBuild, ResolvedFinished, Started,
+                                    Finished, OutputsRegistered, PostBuildHookFinished, PrintError, RegisterOutputs,
+                                    RegisterResolvedRealisations, ResolveAndBuild, ResolvedFinished,
+                                    RunPostBuildHook, Started,
                                     StartBuild, Wake, WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp,
                                     WantDerivation, WantSubstitution)
+from .build_hooks import run_diff_hook, run_post_build_hook, submit
 from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
@@ -39,6 +43,16 @@ logger = logging.getLogger(__name__)
 _ACTIVATIONS = (Wake, WaiteeDone, ResolvedFinished)
 
 _BUILD_ENDED = (BuildExited, BuildKilled, BuildSetupFailed)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _HookEnded:
+    """A hook ran on the hook pool: say what it printed, then go on with `event` (the
+    post-build hook) or with the registration's `outcome` (the diff hook)."""
+
+    messages: tuple[str, ...]
+    event: PostBuildHookFinished | None = None
+    outcome: Any = None  # register_outputs.OutputsOutcome
 
 
 class DerivationGoalActor(pykka.ThreadingActor):
@@ -57,6 +71,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         self.build_id: int | None = None
         self.resolved_drv_path: StorePath | None = None
         self._said_waiting = False
+        self.prev_infos: dict | None = None  # the previous round's outputs (build-repeat)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -69,6 +84,10 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 self.state.add_wanted_outputs(outputs)
             case Cancel():
                 self._cancel()
+            case _HookEnded(messages=messages, event=event, outcome=outcome):
+                for text in messages:
+                    self._say(text)
+                self._handle(event if event is not None else self._registered(outcome))
             case _:
                 ended = isinstance(message, _BUILD_ENDED)
                 if ended:
@@ -123,7 +142,13 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 if self.build_id is not None:  # not when startBuilder refused: Nix prints nothing then
                     self._tell_worker(GoalStarted(goal=self.goal_id, message=message))
             case RegisterOutputs():
-                pending.append(self._register_outputs())
+                registered = self._register_outputs()
+                if registered is not None:  # else the diff hook runs first
+                    pending.append(registered)
+            case RunPostBuildHook(hook=hook, drv_path=drv_path, out_paths=out_paths):
+                self._run_hook(partial(run_post_build_hook, hook, drv_path, list(out_paths)),
+                               lambda outcome: _HookEnded(messages=outcome.messages,
+                                                          event=PostBuildHookFinished(error=outcome.error)))
             case ResolveAndBuild():
                 self._resolve_and_build()
             case RegisterResolvedRealisations(wanted_outputs=wanted):
@@ -163,7 +188,19 @@ class DerivationGoalActor(pykka.ThreadingActor):
             drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
             reply=self.actor_ref.tell, goal_name=derivation_goal_name(self.ctx.printed_drv_path, self.initial_wanted))
 
-    def _register_outputs(self) -> OutputsRegistered:
+    def _run_hook(self, job, reply) -> None:
+        """Run a hook on the hook pool; its end comes back to this actor as a message."""
+        me = self.actor_ref
+
+        def done(outcome) -> None:
+            try:
+                me.tell(reply(outcome))
+            except pykka.ActorDeadError:
+                pass  # cancelled meanwhile
+
+        submit(job, done)
+
+    def _register_outputs(self) -> OutputsRegistered | None:
         from .register_outputs import register_outputs
 
         state = self.state
@@ -182,9 +219,24 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
                 static_output_hashes={name: out.output_hash for name, out in state.initial_outputs.items()},
                 input_paths=state.input_paths, build_mode=state.build_mode,
-                register=register, register_realisation=register_realisation)
+                register=register, register_realisation=register_realisation,
+                cur_round=state.cur_round, nr_rounds=state.nr_rounds, prev_infos=self.prev_infos)
         except StoreError as err:
             return OutputsRegistered(failure=FailureKind.BUILD_ERROR, message=str(err))
+        if outcome.diff_hook is not None:
+            # Nix runs it inside registerOutputs, before reporting anything; the build
+            # directory (its fourth argument) stays until it ended.
+            diff_hook, request = str(self.services.settings.diff_hook), outcome.diff_hook
+            self._run_hook(partial(run_diff_hook, diff_hook, request),
+                           lambda hook: _HookEnded(messages=hook.messages, outcome=outcome))
+            return None
+        return self._registered(outcome)
+
+    def _registered(self, outcome) -> OutputsRegistered:
+        """What registerOutputs reports once its diff hook (if any) ended."""
+        for text in outcome.messages:
+            self._say(text)
+        self.prev_infos = dict(outcome.output_infos) if outcome.more_rounds else None
         if outcome.failure is None:
             self._delete_build_dir(keep=False)
         printed = self.services.store.print
@@ -192,7 +244,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
             failure=outcome.failure, message=outcome.message,
             built_outputs={name: printed(path) for name, path in outcome.built_outputs.items()},
             is_non_deterministic=outcome.is_non_deterministic,
-            more_rounds=outcome.failure is None and state.cur_round < state.nr_rounds)
+            more_rounds=outcome.more_rounds,
+            post_build_hook=str(self.services.settings.post_build_hook or ""))
 
     def _delete_build_dir(self, keep: bool) -> None:
         from .start_builder import delete_build_dir

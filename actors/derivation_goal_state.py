@@ -125,6 +125,15 @@ class RegisterOutputs:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RunPostBuildHook:
+    """Run the post-build hook off the goal's thread: the actor answers PostBuildHookFinished."""
+
+    hook: str
+    drv_path: str  # printed, for DRV_PATH
+    out_paths: tuple[str, ...]  # printed, for OUT_PATHS
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResolveAndBuild:
     """CA resolution: write the resolved derivation and want its goal (`inputsRealised`)."""
 
@@ -166,7 +175,7 @@ class PrintError:
 
 Effect = (
     PrintError | WantDerivation | WantSubstitution | WaitForAWhile | WaitForBuildSlot | WakeUp | StartBuild
-    | RegisterOutputs | ResolveAndBuild | RegisterResolvedRealisations | Started | Finished
+    | RegisterOutputs | RunPostBuildHook | ResolveAndBuild | RegisterResolvedRealisations | Started | Finished
 )
 
 
@@ -223,6 +232,14 @@ class OutputsRegistered:
     built_outputs: dict[str, str] = field(default_factory=dict)
     is_non_deterministic: bool = False
     more_rounds: bool = False  # curRound < nrRounds: build again
+    post_build_hook: str = ""  # the setting (empty: none), run before the goal goes on
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostBuildHookFinished:
+    """The post-build hook ended; `error` is Nix's ExecError text if it failed."""
+
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,7 +249,7 @@ class ResolvedFinished:
 
 Event = (
     Wake | WaiteeDone | BuildStarted | BuildSetupFailed | BuildExited | BuildKilled | OutputsRegistered
-    | ResolvedFinished
+    | PostBuildHookFinished | ResolvedFinished
 )
 
 
@@ -307,6 +324,7 @@ class DerivationGoalState(GoalBase):
         self.start_time = self.stop_time = 0
         self.derivation_type: DerivationType | None = None
         self.finished: Finished | None = None
+        self._registered: OutputsRegistered | None = None  # while the post-build hook runs
         self._effects: list[Effect] = []
 
     def key(self) -> str:
@@ -340,6 +358,8 @@ class DerivationGoalState(GoalBase):
                     self._done(status, msg)
                 case OutputsRegistered():
                     self.outputs_registered(event)
+                case PostBuildHookFinished(error=error):
+                    self.post_build_hook_finished(error)
                 case ResolvedFinished(exit_code=code):
                     self.resolved_finished(code)
                 case _:
@@ -597,10 +617,36 @@ class DerivationGoalState(GoalBase):
         if event.failure is not None:
             self.ctx.unlock_outputs(delete=False)
             # the builder exited 0, so a rejected output is OutputRejected (seed: statusOk)
-            status = (Status.NotDeterministic if event.failure is FailureKind.NOT_DETERMINISTIC
+            # NotDeterministic both from --check (which sets worker.checkMismatch: exit 104) and
+            # from build-repeat's "differs from previous round" (which does not: exit 1)
+            status = (Status.NotDeterministic
+                      if event.failure is FailureKind.NOT_DETERMINISTIC or event.is_non_deterministic
                       else Status.OutputRejected)
             self._done(status, event.message, event.failure, event.is_non_deterministic)
             return
+        if event.post_build_hook:
+            # buildDone runs it after every successful registerOutputs, --check and rounds too
+            self._registered = event
+            self.state = self._running_post_build_hook
+            self._emit(RunPostBuildHook(hook=event.post_build_hook, drv_path=self.ctx.printed_drv_path,
+                                        out_paths=tuple(event.built_outputs.values())))
+            return
+        self._after_post_build_hook(event)
+
+    def _running_post_build_hook(self) -> None:
+        """Spurious wake-ups while the post-build hook runs are ignored."""
+
+    def post_build_hook_finished(self, error: str | None) -> None:
+        event, self._registered = self._registered, None
+        assert event is not None
+        if error is not None:
+            # an ExecError, not a BuildError: it escapes buildDone and ends the whole run
+            self.ctx.unlock_outputs(delete=False)
+            self._done(Status.MiscFailure, error, thrown=True)
+            return
+        self._after_post_build_hook(event)
+
+    def _after_post_build_hook(self, event: OutputsRegistered) -> None:
         if self.build_mode is BuildMode.Check:
             self._done(Status.Built, built_outputs=event.built_outputs)
             return

@@ -27,7 +27,7 @@ import stat
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from goalkeeper.store.canonicalise import canonicalise_path_metadata
@@ -45,6 +45,7 @@ from goalkeeper.store.realisations import DrvOutput, Realisation
 from goalkeeper.store.references import HashModuloSink, RewritingSink, scan_for_references
 from goalkeeper.store.topo_sort import topo_sort
 
+from .build_hooks import DiffHookRequest
 from .derivation_goal_state import BuildMode, KnownOutput
 from .output_checks import RejectedOutput, check_outputs
 from .results import FailureKind
@@ -71,6 +72,10 @@ class OutputsOutcome:
             mismatch, the output under the path of its actual hash; none with --check).
         realisations: one per output built now (id from the static output hashes).
         is_non_deterministic: Nix's `isNonDeterministic` (only set by repeated rounds).
+        more_rounds: build again (`curRound < nrRounds`); nothing input-addressed was registered.
+        output_infos: output name -> info, built now (the next round's `prevInfos`).
+        diff_hook: the diff hook to run before anything else is reported, or None.
+        messages: printError'd after the diff hook ("… differs from previous round").
     """
 
     failure: FailureKind | None
@@ -79,6 +84,10 @@ class OutputsOutcome:
     infos: tuple[ValidPathInfo, ...]
     realisations: tuple[Realisation, ...]
     is_non_deterministic: bool = False
+    more_rounds: bool = False
+    output_infos: Mapping[str, ValidPathInfo] = field(default_factory=dict)
+    diff_hook: DiffHookRequest | None = None
+    messages: tuple[str, ...] = ()
 
 
 def register_outputs(
@@ -94,6 +103,9 @@ def register_outputs(
     build_mode: BuildMode,
     register: Callable[[Sequence[ValidPathInfo]], None],
     register_realisation: Callable[[Realisation], None],
+    cur_round: int = 1,
+    nr_rounds: int = 1,
+    prev_infos: Mapping[str, ValidPathInfo] | None = None,
 ) -> OutputsOutcome:
     """Check, move and register the outputs a successful builder wrote (see the module docstring).
 
@@ -103,23 +115,32 @@ def register_outputs(
         input_paths: the input closure (paths the outputs may refer to).
         register: registers infos in one transaction; raises StoreError on refusal.
         register_realisation: registers one realisation (only with ca-derivations).
+        cur_round, nr_rounds: `build-repeat` rounds (1-based), as the goal counts them.
+        prev_infos: the previous round's `output_infos`, compared with this round's.
 
     Raises:
         StoreError: an output could not be read, canonicalised or registered.
     """
     run = _Registration(store, settings, drv, drv_path, plan, build_mode, register)
+    run.cur_round, run.nr_rounds, run.prev_infos = cur_round, nr_rounds, prev_infos or {}
     try:
         run.run(initial_outputs, input_paths)
     except RejectedOutput as e:
         return OutputsOutcome(failure=e.failure, message=e.message, built_outputs={},
-                              infos=tuple(run.registered.values()), realisations=())
+                              infos=tuple(run.registered.values()), realisations=(),
+                              is_non_deterministic=run.is_non_deterministic, diff_hook=run.diff_hook)
+    if run.more_rounds:
+        return OutputsOutcome(failure=None, message="", built_outputs=dict(run.final_outputs), infos=(),
+                              realisations=(), more_rounds=True, output_infos=dict(run.infos))
     realisations = tuple(Realisation(DrvOutput(static_output_hashes[name], name), info.path)
                          for name, info in sorted(run.infos.items()))
     if settings.is_experimental_feature_enabled("ca-derivations") and drv.type().is_pure:
         for realisation in realisations:
             register_realisation(realisation)
     return OutputsOutcome(failure=None, message="", built_outputs=dict(run.final_outputs),
-                          infos=tuple(run.infos.values()), realisations=realisations)
+                          infos=tuple(run.infos.values()), realisations=realisations,
+                          is_non_deterministic=run.is_non_deterministic, output_infos=dict(run.infos),
+                          diff_hook=run.diff_hook, messages=tuple(run.messages))
 
 
 class _Registration:
@@ -137,6 +158,14 @@ class _Registration:
         self.final_outputs: dict[str, StorePath] = {}
         self.infos: dict[str, ValidPathInfo] = {}  # outputs built now, in topological order
         self.registered: dict[StorePath, ValidPathInfo] = {}
+        self.cur_round = self.nr_rounds = 1
+        self.prev_infos: Mapping[str, ValidPathInfo] = {}
+        self.more_rounds = False
+        self.is_non_deterministic = False
+        self.diff_hook: DiffHookRequest | None = None
+        self.messages: list[str] = []
+        # Nix's keepPreviousRound: a differing output is kept as `<path>.check` to compare
+        self.keep_previous_round = bool(settings.keep_failed or settings.run_diff_hook)
 
     def actual_path(self, scratch: StorePath) -> str:
         printed = self.store.print(scratch)
@@ -174,15 +203,59 @@ class _Registration:
             return
         check_outputs(self.store.store_dir, ParsedDerivation(self.drv_path, self.drv), self.infos,
                       self.store.query_path_info)
+        if self.cur_round > 1:
+            self._compare_with_previous_round()
+        if self.nr_rounds > 1 and self.cur_round == 1 and self.keep_previous_round:
+            for final in self.final_outputs.values():  # first of several rounds: keep it aside
+                path = self._real(final)
+                delete_path(path + CHECK_SUFFIX)
+                move_path(path, path + CHECK_SUFFIX)
+        if self.cur_round < self.nr_rounds:
+            self.more_rounds = True  # prevInfos = infos: registered after the last round
+            return
         for final in self.final_outputs.values():
             # Nix deletes the logical path here; we must never touch the host's /nix.
-            delete_path(self.store.to_real_path(self.store.print(final) + CHECK_SUFFIX))
+            delete_path(self._real(final) + CHECK_SUFFIX)
         self._register(list(self.infos.values()))
         if delayed is not None:
             raise delayed
         # Unused redirected outputs (valid outputs the builder wrote at fallback paths).
         for scratch in self.plan.redirected_outputs.values():
             delete_path(self.store.real_path(scratch))
+
+    def _real(self, path: StorePath) -> str:
+        return self.store.to_real_path(self.store.print(path))
+
+    def _compare_with_previous_round(self) -> None:
+        """`prevInfos != infos`: ValidPathInfo's == compares path, narHash and references."""
+        for name, info in sorted(self.infos.items()):
+            prev_info = self.prev_infos.get(name)
+            if prev_info is not None and (prev_info.path, prev_info.nar_hash, prev_info.references) == (
+                    info.path, info.nar_hash, info.references):
+                continue
+            self.is_non_deterministic = True
+            path = self.store.print(info.path)
+            prev = path + CHECK_SUFFIX
+            if self.keep_previous_round and os.path.lexists(self._real(info.path) + CHECK_SUFFIX):
+                hint = f"output '{path}' of '{self.printed_drv}' differs from '{prev}' from previous round"
+            else:
+                hint = f"output '{path}' of '{self.printed_drv}' differs from previous round"
+            self._want_diff_hook(prev, path)
+            if self.settings.enforce_determinism:
+                # a BuildError kind: unlike --check, Nix sets no checkMismatch here (exit 1)
+                raise RejectedOutput(hint, FailureKind.BUILD_ERROR)
+            self.messages.append(hint)  # printError
+            self.cur_round = self.nr_rounds  # we know enough, bail out early
+            return
+
+    def _want_diff_hook(self, try_a: str, try_b: str) -> None:
+        if not (self.settings.diff_hook and self.settings.run_diff_hook):
+            return
+        credentials = self.plan.spec.credentials if self.plan.spec.sandbox is None else None
+        self.diff_hook = DiffHookRequest(
+            try_a=try_a, try_b=try_b, drv_path=self.printed_drv, tmp_dir=self.plan.build_dir,
+            uid=credentials.uid if credentials else os.getuid(),
+            gid=credentials.gid if credentials else os.getgid())
 
     def _lstat_output(self, name: str, actual: str) -> os.stat_result:
         try:
@@ -262,7 +335,7 @@ class _Registration:
             if self.build_mode is BuildMode.Check:
                 self._check_one(name, info, actual, final_real)
                 return mismatch
-            if self.settings.auto_optimise_store:
+            if self.settings.auto_optimise_store and self.cur_round == self.nr_rounds:
                 optimise_path(self.store, actual)
             info = info.replace(deriver=self.drv_path, ultimate=True, registration_time=int(time.time()))
             self._finish(name, info.path)
@@ -351,6 +424,7 @@ class _Registration:
                 kept = self.store.to_real_path(self.store.print(info.path) + CHECK_SUFFIX)
                 delete_path(kept)
                 move_path(actual, kept)
+                self._want_diff_hook(self.store.print(info.path), kept)
                 raise RejectedOutput(f"{text} from '{kept}'", FailureKind.NOT_DETERMINISTIC)
             self._discard(actual, final_real)
             raise RejectedOutput(text, FailureKind.NOT_DETERMINISTIC)

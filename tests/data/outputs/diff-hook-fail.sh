@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "never shown"
+exit 2

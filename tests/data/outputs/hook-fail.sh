@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "failing for $DRV_PATH"
+exit 3
