@@ -170,3 +170,52 @@ def test_outputs_match_nix(case: Case, tmp_path: Path, run_nix) -> None:
     assert gk.outcome.stdout == nix.outcome.stdout, ran
     assert gk.outcome.valid == nix.outcome.valid, ran
     assert gk.files == nix.files, ran
+
+
+def _read_logs(side: Side, paths: list[str]) -> dict[str, tuple[int, bytes, str]]:
+    """`nix-store --read-log` and `goalkeeper log` of each path: (status, log, error line)."""
+    from goalkeeper.tools.cli import main
+
+    logs = {}
+    for path in paths:
+        proc = side.nix("nix-store", "--read-log", path, check=False)
+        logs[f"nix {path}"] = (proc.returncode, proc.stdout, proc.stderr.decode().strip())
+        out, err = io.BytesIO(), io.BytesIO()
+        status = main(["--store", side.uri, "log", path], stdout=out, stderr=err)
+        logs[f"gk {path}"] = (status, out.getvalue(), err.getvalue().decode().strip())
+    return logs
+
+
+@pytest.mark.nix
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compress", ["true", "false"])
+def test_build_logs_readable_by_both(compress: str, tmp_path: Path, run_nix) -> None:
+    """Each tool reads the logs the other wrote: by drv and by output, bz2 or plain; a path
+    built by nobody has no log, with Nix's error."""
+    case = Case("logs", DATA / "hooks.nix", args=(), options=_opts(compress_build_log=compress))
+    side = Side(tmp_path / "s")
+    seen = {}
+    for tool, realise in (("nix", realise_nix), ("goalkeeper", realise_goalkeeper)):
+        if tool == "goalkeeper":
+            _make_writable(side.root)
+            side.root.rename(tmp_path / "nix-store-was-here")
+        run = realise(side, case)
+        assert run.outcome.status == 0, run.outcome.stderr
+        drvs = sorted(p for p in run.outcome.valid if p.endswith(".drv"))
+        outputs = sorted(p for p in run.outcome.valid if not p.endswith(".drv"))
+        source = drvs[0].replace(".drv", "")  # an invalid path: no deriver, no log
+        logs = _read_logs(side, [*drvs, *outputs, source])
+        names = sorted(p.name for p in Path(side.root, "var/log/nix/drvs").rglob("*") if p.is_file())
+        assert all(n.endswith(".bz2") == (compress == "true") for n in names), names
+        seen[tool] = (names, logs)
+
+    nix_names, nix_logs = seen["nix"]
+    gk_names, gk_logs = seen["goalkeeper"]
+    assert gk_names == nix_names
+    assert gk_logs == nix_logs
+    logged = next(v for k, v in nix_logs.items() if k.startswith("gk ") and k.endswith("-logged"))
+    # the raw bytes, \r and @nix lines kept
+    assert logged[1] == (b"first line\nprogress 10%\rprogress 100%\n"
+                         b'@nix {"action":"msg","level":0,"msg":"from builder"}\nlast\n'), logged
+    missing = next(v for k, v in nix_logs.items() if k.startswith("gk ") and k.endswith(source[-20:]))
+    assert missing[0] == 1 and "is not available" in missing[2]
