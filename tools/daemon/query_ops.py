@@ -10,6 +10,7 @@ from goalkeeper.protocol import version
 from goalkeeper.protocol.ops import Op
 from goalkeeper.protocol.serializers import read_derived_paths, read_path, read_paths, write_path_info, write_paths
 from goalkeeper.protocol.wire import WireReader, WireWriter
+from goalkeeper.store import nixbase32
 from goalkeeper.store.errors import StoreError
 
 # Settings an untrusted client may still set (daemon.cc, wopSetOptions).
@@ -111,7 +112,10 @@ def query_derivation_output_map(conn, r: WireReader) -> None:
 def query_path_from_hash_part(conn, r: WireReader) -> None:
     hash_part = r.string(1 << 10, "hash part")
     conn.start_work()
-    path = conn.store.query_path_from_hash_part(hash_part)
+    if len(hash_part) != 32:  # LocalStore::queryPathFromHashPart
+        raise StoreError("invalid hash part")
+    # Characters outside Nix's base-32 can name no path (and may not even be text).
+    path = conn.store.query_path_from_hash_part(hash_part) if nixbase32.is_valid(hash_part) else None
     conn.finish(WireWriter().string(conn.store_dir.print(path) if path is not None else ""))
 
 
