@@ -6,7 +6,7 @@ import pytest
 
 from goalkeeper.actors.derivation_goal_state import (
     BuildExited, BuildKilled, BuildMode, BuildSetupFailed, BuildStarted, DerivationGoalState, Finished,
-    OutputsRegistered, PrintError, ResolvedFinished, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
+    OutputsRegistered, PostBuildHookFinished, PrintError, ResolvedFinished, RunPostBuildHook, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
     WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantSubstitution,
 )
 from goalkeeper.actors.results import ExitCode, FailureKind, Status
@@ -276,8 +276,8 @@ def test_full_build_cycle():
     assert ("unlock", True) in ctx.log
 
 
-def run_to_exit(ctx, event):
-    g = build_ready(ctx)
+def run_to_exit(ctx, event, **kw):
+    g = build_ready(ctx, **kw)
     g.handle(Wake())
     g.handle(Wake())
     g.handle(Wake())
@@ -340,6 +340,38 @@ def test_repeated_rounds():
     g.handle(Wake())
     effects = g.handle(Wake())
     assert effects[1].message == f"building '{SD.print(DRV)}' (round 2/2)"
+
+
+def test_repeat_nondeterminism_is_not_a_check_mismatch():
+    """build-repeat's "differs from previous round": NotDeterministic, but no checkMismatch (exit 1)."""
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False, build_repeat=1)
+    g, _ = run_to_exit(ctx, BuildExited(ok=True, message="", stop_time=3))
+    done = finished(g.handle(OutputsRegistered(failure=FailureKind.BUILD_ERROR, message="differs",
+                                               is_non_deterministic=True)))
+    assert done.result.status is Status.NotDeterministic and done.failure is FailureKind.BUILD_ERROR
+    assert done.result.is_non_deterministic
+
+
+def test_post_build_hook_runs_before_the_goal_is_done():
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g, _ = run_to_exit(ctx, BuildExited(ok=True, message="", stop_time=3))
+    built = {"out": SD.print(OUT), "dev": SD.print(DEV)}
+    effects = g.handle(OutputsRegistered(built_outputs=built, post_build_hook="/hook"))
+    assert effects == [RunPostBuildHook(hook="/hook", drv_path=SD.print(DRV),
+                                        out_paths=(SD.print(OUT), SD.print(DEV)))]
+    assert g.handle(Wake()) == []  # waiting for the hook
+    done = finished(g.handle(PostBuildHookFinished()))
+    assert done.result.status is Status.Built and done.result.built_outputs == built
+
+
+def test_post_build_hook_failure_ends_the_run():
+    """An ExecError escapes buildDone: thrown, so Nix's Worker::run ends with it (exit 1)."""
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False, build_repeat=1)
+    g, _ = run_to_exit(ctx, BuildExited(ok=True, message="", stop_time=3))
+    g.handle(OutputsRegistered(more_rounds=True, post_build_hook="/hook"))
+    done = finished(g.handle(PostBuildHookFinished(error="program '/hook' failed with exit code 3")))
+    assert done.thrown and done.result.status is Status.MiscFailure
+    assert done.result.error_msg == "program '/hook' failed with exit code 3"
 
 
 # -- repair -----------------------------------------------------------------------------------
