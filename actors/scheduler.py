@@ -218,6 +218,10 @@ class Scheduler:
         table.setdefault(path, []).append(goal)
         goal.ref = self._start_goal(goal, params)
         self._activate(goal, Wake())
+        if kind == "drv":
+            # DerivationGoal's mcExpectedBuilds: counted from creation until the goal ends
+            self.expected_builds += 1
+            self._progress(goal)
         return goal
 
     def _add_requests(self, goal: GoalRecord, requests: frozenset[int]) -> None:
@@ -350,6 +354,8 @@ class Scheduler:
 
     def _forget(self, goal: GoalRecord) -> None:
         self.busy.pop(goal.id, None)
+        if goal.kind == "drv":
+            self.expected_builds -= 1
         table = self.derivation_goals if goal.kind == "drv" else self.substitution_goals
         goals = table.get(goal.path, [])
         if goal in goals:
@@ -392,8 +398,6 @@ class Scheduler:
             for request in self._requests_of(goal):
                 self._fail_request(request, NO_BUILD_SLOTS)
             return
-        if goal.kind == "drv":
-            self.expected_builds += 1
         if not self.rounds and len(holders) < limit and not wanting:
             holders.add(goal_id)
             self._send_now(goal, Wake())
@@ -495,7 +499,8 @@ class Scheduler:
             self._notify(observer, Message(text=text))
 
     def _progress(self, goal: GoalRecord) -> None:
-        event = Progress(expected_builds=self.expected_builds, running_builds=self.running_builds,
+        # updateProgress: actDerivations.progress(done, expected + done, running, failed)
+        event = Progress(expected_builds=self.expected_builds + self.done_builds, running_builds=self.running_builds,
                          done_builds=self.done_builds, failed_builds=self.failed_builds)
         for observer in self.observers_of(goal):
             self._notify(observer, event)

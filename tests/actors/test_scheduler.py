@@ -298,3 +298,21 @@ def test_substitutions_have_slots_of_their_own():
     assert h.sent[-1] == (q.id, Wake())  # a free build slot is no substitution slot
     h.s.release_build_slot(p.id)
     assert h.sent[-1] == (r.id, Wake())
+
+
+def test_progress_counts_as_nix_updateProgress():
+    from goalkeeper.actors.worker_messages import Progress
+
+    h = Harness()
+    h.realise(DerivedPath(drv("top"), frozenset()))
+    top = h.goal(drv("top"))
+    # every derivation goal is an expected build from its creation (mcExpectedBuilds)
+    assert h.events[-1] == Progress(expected_builds=1, running_builds=0, done_builds=0, failed_builds=0)
+    h.s.add_waitee(top.id, WantDerivation(drv_path=drv("dep"), wanted_outputs=frozenset(),
+                                          build_mode=BuildMode.Normal), False)
+    assert h.events[-1].expected_builds == 2
+    h.finish(h.goal(drv("dep")).id, Status.AlreadyValid)  # nothing built: no longer expected
+    assert h.events[-1] == Progress(expected_builds=1, running_builds=0, done_builds=0, failed_builds=0)
+    h.finish(top.id, Status.Built)  # done, and still counted in "expected" (expected + done)
+    assert [e for e in h.events if isinstance(e, Progress)][-1] == Progress(
+        expected_builds=1, running_builds=0, done_builds=1, failed_builds=0)
