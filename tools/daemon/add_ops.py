@@ -16,6 +16,7 @@ from goalkeeper.store.content_address import parse_method
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import check_algo
 from goalkeeper.store.paths import StorePath
+from goalkeeper.store.signatures import path_info_is_untrusted
 
 from .nar_import import RegularFileSink, add_from_dump, import_nar
 
@@ -92,16 +93,13 @@ def add_text_to_store(conn, r: WireReader) -> None:
 
 
 def _check_sigs(conn, info, dont_check_sigs: bool) -> None:
-    """`pathInfoIsUntrusted`: without a trusted signature only content-addressed paths may come in.
-
-    goalkeeper cannot verify signatures yet, so a signed input-addressed path from an
-    untrusted client is refused as an unsigned one would be.
-    """
-    if dont_check_sigs or not conn.daemon.settings.get("require-sigs"):
+    """`LocalStore::addToStore`'s `checkSigs && pathInfoIsUntrusted(info)`: a path needs a
+    signature by one of the trusted keys unless it is content-addressed (or sigs are off)."""
+    if dont_check_sigs:
         return
-    if info.is_content_addressed(conn.store_dir):
-        return
-    raise StoreError(f"cannot add path '{conn.store_dir.print(info.path)}' because it lacks a valid signature")
+    require_sigs = bool(conn.daemon.settings.get("require-sigs"))
+    if path_info_is_untrusted(info, conn.store_dir, conn.public_keys(), require_sigs):
+        raise StoreError(f"cannot add path '{conn.store_dir.print(info.path)}' because it lacks a valid signature")
 
 
 def add_to_store_nar(conn, r: WireReader) -> None:

@@ -26,6 +26,7 @@ from goalkeeper.protocol.handshake import server_handshake
 from goalkeeper.protocol.ops import Op
 from goalkeeper.protocol.wire import WireReader, WireWriter
 from goalkeeper.store.errors import StoreError
+from goalkeeper.store.signatures import public_keys
 
 
 @dataclass(slots=True)
@@ -71,6 +72,19 @@ class Connection:
         self.options = ClientOptions()
         self.can_send_stderr = False
         self._activity_lock = threading.Lock()
+
+    def public_keys(self):
+        """`getPublicKeys()`: the daemon's trusted-public-keys and secret-key-files, unless a
+        trusted client overrode them with SetOptions (its overrides are this connection's settings)."""
+        overrides = self.options.overrides
+        if "trusted-public-keys" not in overrides and "secret-key-files" not in overrides:
+            return self.daemon.public_keys()
+        settings = self.daemon.settings
+        trusted = overrides["trusted-public-keys"].split() if "trusted-public-keys" in overrides \
+            else settings.get("trusted-public-keys")
+        secret = overrides["secret-key-files"].split() if "secret-key-files" in overrides \
+            else settings.get("secret-key-files")
+        return public_keys(trusted, secret)
 
     # -- the stderr channel ------------------------------------------------------------------
 

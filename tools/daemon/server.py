@@ -24,6 +24,7 @@ import threading
 
 from goalkeeper.protocol.errors import ProtocolError
 from goalkeeper.store.errors import StoreError
+from goalkeeper.store.signatures import public_keys
 
 from . import add_ops, build_ops, misc_ops, query_ops
 from .connection import Connection, stderr_note
@@ -55,6 +56,7 @@ class Daemon:
         self._ids_lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._closed = False
+        self._public_keys = None
 
     # -- shared services ---------------------------------------------------------------------
 
@@ -72,6 +74,14 @@ class Daemon:
             stderr_note(text)
 
     engine_path = staticmethod(engine_path)
+
+    def public_keys(self):
+        """The keys whose signatures make an imported path trusted (parsed once)."""
+        with self._lock:
+            if self._public_keys is None:
+                self._public_keys = public_keys(self.settings.get("trusted-public-keys"),
+                                                self.settings.get("secret-key-files"))
+            return self._public_keys
 
     def acquire(self) -> StoreGeneration:
         """The generation a new connection uses: the current one, or a fresh one if the
