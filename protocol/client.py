@@ -4,7 +4,9 @@
 `query_path_info`, `require_path_info`, `query_referrers`, ...) over one
 connection to goalkeeper's daemon or the real `nix-daemon`, so commands can
 use either kind of store. Like Nix's `UDSRemoteStore` it is also a "local
-FS store": `.drv` files are read straight from the store directory.
+FS store": `.drv` files are read straight from the store directory, which
+for `unix://PATH?root=R` is the chroot store's `R/nix/store` (`real=`,
+`state=` and `log=` are honoured as in `LocalFSStoreConfig`).
 
 Log lines, activities and results the daemon sends while an op runs go to
 `log(text)` the way Nix's plain logger would print them.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable
 
 from goalkeeper.store import nar
@@ -22,6 +25,7 @@ from goalkeeper.store.content_address import render_method
 from goalkeeper.store.errors import InvalidPath, StoreError
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StoreDir, StorePath
+from goalkeeper.store.store_config import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, Environment
 
 from . import stderr, version
 from .errors import ProtocolError
@@ -93,6 +97,7 @@ class RemoteStore:
     def __init__(self, config, settings=None, log: Log | None = None):
         self.config = config
         self.store_dir: StoreDir = config.store_dir
+        self.root_dir, self.real_store_dir, self.state_dir, self.log_dir = local_fs_dirs(config)
         self.settings = settings
         self._log = log or _log_to_stderr
         self._lock = threading.RLock()
@@ -167,10 +172,13 @@ class RemoteStore:
         return self.store_dir.print(path)
 
     def real_path(self, path: StorePath) -> str:
-        return self.store_dir.print(path)
+        return self.to_real_path(self.store_dir.print(path))
 
     def to_real_path(self, logical: str) -> str:
-        return logical
+        """`Store::toRealPath`: where this machine sees a logical store path (or sub-path)."""
+        if self.real_store_dir == self.store_dir.path:
+            return logical
+        return self.real_store_dir + logical[len(self.store_dir.path):]
 
     def follow_links_to_store(self, path: str) -> str:
         """`followLinksToStore` on this machine's file system (a daemon store is a local FS store)."""
@@ -303,7 +311,7 @@ class RemoteStore:
 
         printed = self.print(drv_path)
         try:
-            with open(printed, "rb") as f:
+            with open(self.real_path(drv_path), "rb") as f:
                 text = f.read()
         except OSError as err:
             raise StoreError(f"cannot read derivation '{printed}': {err.strerror}") from err
@@ -389,6 +397,19 @@ class _ReaderFile:
 
     def read(self, n: int) -> bytes:
         return self._reader.read_exact(n)
+
+
+def local_fs_dirs(config) -> tuple[str, str, str, str]:
+    """(root, real store dir, state dir, log dir) of a daemon store URI (`LocalFSStoreConfig`):
+    under `root=R` the files are in `R/nix/store`, `R/nix/var/nix`, `R/nix/var/log/nix`."""
+    query = getattr(config, "uri", "").partition("?")[2]
+    params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    env = Environment.from_environ()
+    root = os.path.normpath(params["root"]) if params.get("root") else ""
+    real = params.get("real") or (root + "/nix/store" if root else config.store_dir.path)
+    state = params.get("state") or (root + DEFAULT_STATE_DIR if root else env.state_dir)
+    log = params.get("log") or (root + DEFAULT_LOG_DIR if root else env.log_dir)
+    return root, os.path.normpath(real), os.path.normpath(state), os.path.normpath(log)
 
 
 def _file_chunks(path: str) -> Iterable[bytes]:

@@ -20,6 +20,7 @@ from goalkeeper.store import nar
 from goalkeeper.store.hashes import hash_bytes
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.path_info import ValidPathInfo
+from goalkeeper.store.paths import StorePath
 from goalkeeper.store.settings import Settings
 from goalkeeper.store.store_config import DaemonStoreConfig, parse_store_uri
 from goalkeeper.tools.daemon import Daemon, listen, match_user
@@ -250,3 +251,18 @@ def test_the_store_deleted_and_recreated_between_connections(daemon, tmp_path):
         assert third.add_text_to_store("new", "after") == new
         assert third.query_all_valid_paths() == {new}
     assert daemon.store.query_all_valid_paths() == {new}
+
+
+def test_local_fs_dirs_of_daemon_store_uris():
+    from goalkeeper.protocol.client import local_fs_dirs
+
+    root = parse_store_uri("unix:///s?root=/r")
+    assert local_fs_dirs(root) == ("/r", "/r/nix/store", "/r/nix/var/nix", "/r/nix/var/log/nix")
+    store = RemoteStore(root)
+    assert store.real_path(StorePath("0" * 32 + "-x")) == "/r/nix/store/" + "0" * 32 + "-x"
+    assert store.to_real_path("/nix/store/" + "0" * 32 + "-x/bin") == "/r/nix/store/" + "0" * 32 + "-x/bin"
+    custom = parse_store_uri("unix:///s?store=/gk/store&real=/data/store&state=/st&log=/lg")
+    assert local_fs_dirs(custom)[1:] == ("/data/store", "/st", "/lg")
+    assert RemoteStore(custom).real_path(StorePath("0" * 32 + "-x")) == "/data/store/" + "0" * 32 + "-x"
+    plain = parse_store_uri("unix:///s")
+    assert RemoteStore(plain).real_path(StorePath("0" * 32 + "-x")) == "/nix/store/" + "0" * 32 + "-x"

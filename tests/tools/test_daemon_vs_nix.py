@@ -282,3 +282,19 @@ def test_add_fixed_verify_and_optimise(sides):
 def test_garbage_collection_is_a_clear_error(sides):
     g = sides[1][1].run("nix-store", "--gc", check=False)
     assert g.returncode == 1 and b"garbage collection is not supported" in g.stderr
+
+
+def test_goalkeeper_client_reads_drv_files_of_a_chroot_store(sides):
+    """`unix://S?root=R`: .drv files are read from R/nix/store, as Nix's client reads them."""
+    drv = instantiate(sides, "rootparam", "b")
+    top, (nix, gk) = sides
+    expected = nix.run("nix-store", "-q", "--outputs", drv).stdout
+    assert len(expected.split()) == 2
+    for side in (nix, gk):
+        for uri in (side.uri, f"unix://{side.sock}?real={side.root}/nix/store"):
+            got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", uri, "query", "--outputs",
+                                  drv], capture_output=True, timeout=30, env=_env())
+            assert (got.returncode, got.stdout) == (0, expected), (side.name, uri, got.stderr.decode())
+    got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{gk.sock}", "query",
+                          "--outputs", drv], capture_output=True, timeout=30, env=_env())
+    assert got.returncode == 1 and b"cannot read derivation" in got.stderr  # /nix/store holds no such file
