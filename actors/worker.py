@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,11 @@ class WorkerActor(pykka.ThreadingActor):
             logger.exception("observer failed on %r", event)
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _Stop):
+            # the goals' actors, for stop_worker to wait for once they were cancelled
+            refs = [goal.ref for goal in self.scheduler.goals.values() if goal.ref is not None]
+            self.scheduler.abort_all(message.error)
+            return refs
         self._handle(message)
         # A round ends when every goal answered what it was sent: each goal's own messages
         # reach us before its GoalIdle, so nothing else in the inbox (build logs, builds
@@ -126,8 +132,6 @@ class WorkerActor(pykka.ThreadingActor):
                              for o in s.observers_of(goal)}
                 for observer in observers.values():
                     self._notify(observer, event)
-            case _Stop(error=error):
-                s.abort_all(error)
             case _:
                 raise TypeError(f"WorkerActor cannot handle {type(message).__name__}")
 
@@ -169,10 +173,27 @@ def tell_worker(worker_ref: pykka.ActorRef, message: object) -> None:
         pass
 
 
-def stop_worker(worker_ref: pykka.ActorRef) -> None:
-    """End every request with an error, cancel every goal, and stop the worker."""
+def stop_worker(worker_ref: pykka.ActorRef, timeout: float = 30.0) -> None:
+    """End every request with an error, cancel every goal, wait for the goals' actors to
+    have stopped (a goal still at work would use the build runner after it stopped), and
+    stop the worker."""
     try:
-        worker_ref.ask(_Stop(error="the build engine was stopped"))
+        refs = worker_ref.ask(_Stop(error="the build engine was stopped"))
+    except pykka.ActorDeadError:
+        return
+    stopping = []
+    for ref in refs:
+        try:
+            stopping.append(ref.stop(block=False))  # queued after the Cancel it was sent
+        except pykka.ActorDeadError:
+            pass  # it had finished
+    deadline = time.monotonic() + timeout
+    for future in stopping:
+        try:
+            future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except (pykka.ActorDeadError, pykka.Timeout):
+            pass  # gone already, or stuck: the engine closes regardless
+    try:
         worker_ref.stop()
     except pykka.ActorDeadError:
         pass

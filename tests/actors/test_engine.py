@@ -141,7 +141,7 @@ def test_waits_for_an_output_lock_held_elsewhere(env):
     assert result[0].exit_status == 0
 
 
-def test_close_ends_pending_requests_and_kills_builds(env, tmp_path):
+def test_close_ends_pending_requests_and_kills_builds(env, tmp_path, caplog):
     store, settings, instantiate = env
     marker = tmp_path / "finished"
     [drv] = instantiate(f'mk "forever" "sleep 5; touch {marker}; echo > $out"')
@@ -156,6 +156,9 @@ def test_close_ends_pending_requests_and_kills_builds(env, tmp_path):
     time.sleep(0.2)
     assert not marker.exists()
     assert not store.is_valid_path(store.derivation_known_outputs(drv)["out"])
+    # close() waited for the cancelled goal: it did not use the stopped build runner
+    assert not [r for r in caplog.records if "crashed" in r.getMessage()]
+    assert not [t for t in threading.enumerate() if "DerivationGoalActor" in t.name]
 
 
 def test_no_thread_or_fd_left_behind_after_many_realisations(env):
