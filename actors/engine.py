@@ -79,19 +79,26 @@ class Engine:
 
     def realise(self, targets: Sequence[DerivedPath], *, build_mode: BuildMode = BuildMode.Normal,
                 keep_going: bool | None = None,
-                observer: Callable[[object], None] | None = None) -> Realised:
+                observer: Callable[[object], None] | None = None,
+                settings: Settings | None = None) -> Realised:
         """`Store::buildPaths`: build or substitute `targets`; returns when all ended (or one
-        failed without keep-going)."""
+        failed without keep-going).
+
+        `settings`: this caller's own (e.g. a daemon client's, after SetOptions), read by
+        the goals made for it instead of the engine's; such goals are shared with other
+        callers only if they pass the same Settings object. The build runner's limits
+        (timeout, max-silent-time, log size) and max-jobs stay the engine's.
+        """
         if self._closed:
             raise RuntimeError("the engine is closed")
         if keep_going is None:
-            keep_going = bool(self.settings.get("keep-going"))
+            keep_going = bool((settings or self.settings).get("keep-going"))
         done: Future = Future()
         with self._pending_lock:
             self._pending.add(done)
         try:
             self._worker_ref.tell(Realise(targets=tuple(targets), build_mode=build_mode, keep_going=keep_going,
-                                          observer=observer, done=done))
+                                          observer=observer, done=done, settings=settings))
             return done.result()
         except pykka.ActorDeadError:
             raise RuntimeError("the build engine has stopped") from None

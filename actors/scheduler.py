@@ -44,6 +44,7 @@ class GoalRecord:
     # the outputs asked of a derivation goal so far (empty: all of them), to catch those
     # asked for while its GoalFinished was already on its way (see goal_finished)
     asked: frozenset[str] = frozenset()
+    settings: Any = None  # its requests' settings (None: the engine's)
     ref: Any = None
     waiters: list[tuple[int, bool]] = field(default_factory=list)  # (waiter id, resolved)
     waitees: set[int] = field(default_factory=set)
@@ -61,6 +62,7 @@ class RequestRecord:
     keep_going: bool
     observer: Callable[[object], None] | None
     on_done: Callable[[Realised], None]
+    settings: Any = None
     top: list[tuple[DerivedPath, GoalRecord]] = field(default_factory=list)
     flags: FailureFlags = field(default_factory=FailureFlags)
 
@@ -112,15 +114,19 @@ class Scheduler:
 
     # -- requests ------------------------------------------------------------------------
 
-    def realise(self, targets, build_mode: BuildMode, keep_going: bool, observer, on_done) -> None:
-        request = RequestRecord(next(self._ids), tuple(targets), build_mode, keep_going, observer, on_done)
+    def realise(self, targets, build_mode: BuildMode, keep_going: bool, observer, on_done,
+                settings=None) -> None:
+        request = RequestRecord(next(self._ids), tuple(targets), build_mode, keep_going, observer, on_done,
+                                settings)
         self.requests[request.id] = request
         mine = frozenset({request.id})
         for target in request.targets:
             if target.is_built:
-                goal = self._derivation_goal(target.path, target.outputs, build_mode, keep_going, mine)
+                goal = self._derivation_goal(target.path, target.outputs, build_mode, keep_going, mine,
+                                             settings)
             else:
-                goal = self._substitution_goal(target.path, build_mode is BuildMode.Repair, None, keep_going, mine)
+                goal = self._substitution_goal(target.path, build_mode is BuildMode.Repair, None, keep_going, mine,
+                                               settings)
             goal.top_of.add(request.id)
             request.top.append((target, goal))
         if not request.top:
@@ -174,46 +180,51 @@ class Scheduler:
 
     @staticmethod
     def _shared_goal(goals: list[GoalRecord], build_mode: BuildMode, keep_going: bool,
-                     requests: frozenset[int]) -> GoalRecord | None:
+                     requests: frozenset[int], settings) -> GoalRecord | None:
         """The existing goal to use, as makeDerivationGoal finds one.
 
         Within one request any goal for the path will do, whatever its mode (Nix has one
         Worker per buildPaths and looks goals up by path alone). Another request shares it
         only if it wants the same: a --check or --repair request must not be answered by a
-        normal build, nor a keep-going one be cut short by a goal that stops at a failure.
+        normal build, nor a keep-going one be cut short by a goal that stops at a failure,
+        nor a caller with settings of its own (a daemon client's) get a goal built with others.
         """
         for goal in goals:
             if goal.requests & requests:
                 return goal
         for goal in goals:
-            if goal.build_mode is build_mode and goal.keep_going == keep_going:
+            if goal.build_mode is build_mode and goal.keep_going == keep_going and goal.settings is settings:
                 return goal
         return None
 
-    def _derivation_goal(self, drv_path: StorePath, outputs, build_mode, keep_going, requests) -> GoalRecord:
+    def _derivation_goal(self, drv_path: StorePath, outputs, build_mode, keep_going, requests,
+                         settings) -> GoalRecord:
         outputs = frozenset(outputs or ())
-        goal = self._shared_goal(self.derivation_goals.get(drv_path, []), build_mode, keep_going, requests)
+        goal = self._shared_goal(self.derivation_goals.get(drv_path, []), build_mode, keep_going, requests,
+                                 settings)
         if goal is not None:
             goal.asked = frozenset() if not outputs or not goal.asked else goal.asked | outputs
             self._send(goal, AddWantedOutputs(outputs=outputs))
             self._add_requests(goal, requests)
             return goal
-        return self._new_goal("drv", drv_path, keep_going, requests, (outputs, build_mode), build_mode, outputs)
+        return self._new_goal("drv", drv_path, keep_going, requests, (outputs, build_mode), build_mode, settings,
+                              outputs)
 
-    def _substitution_goal(self, path: StorePath, repair: bool, ca, keep_going, requests) -> GoalRecord:
+    def _substitution_goal(self, path: StorePath, repair: bool, ca, keep_going, requests, settings) -> GoalRecord:
         mode = BuildMode.Repair if repair else BuildMode.Normal
-        goal = self._shared_goal(self.substitution_goals.get(path, []), mode, keep_going, requests)
+        goal = self._shared_goal(self.substitution_goals.get(path, []), mode, keep_going, requests, settings)
         if goal is not None:
             self._add_requests(goal, requests)
             return goal
-        return self._new_goal("subst", path, keep_going, requests, (repair, ca), mode)
+        return self._new_goal("subst", path, keep_going, requests, (repair, ca), mode, settings)
 
     def _new_goal(self, kind: str, path: StorePath, keep_going: bool, requests: frozenset[int],
-                  params, build_mode: BuildMode, asked: frozenset[str] = frozenset()) -> GoalRecord:
+                  params, build_mode: BuildMode, settings=None, asked: frozenset[str] = frozenset()) -> GoalRecord:
         # key(): "a$" (substitutions) sorts before "b$" (derivations), then by name and path
         prefix, table = ("b", self.derivation_goals) if kind == "drv" else ("a", self.substitution_goals)
         key = f"{prefix}${path.name}${self.store_dir.print(path)}"
-        goal = GoalRecord(next(self._ids), kind, path, key, keep_going, build_mode, asked, requests=requests)
+        goal = GoalRecord(next(self._ids), kind, path, key, keep_going, build_mode, asked, settings,
+                          requests=requests)
         self.goals[goal.id] = goal
         table.setdefault(path, []).append(goal)
         goal.ref = self._start_goal(goal, params)
@@ -239,9 +250,10 @@ class Scheduler:
             return  # cancelled while the message was on its way
         if isinstance(want, WantDerivation):
             goal = self._derivation_goal(want.drv_path, want.wanted_outputs, want.build_mode, waiter.keep_going,
-                                         waiter.requests)
+                                         waiter.requests, waiter.settings)
         else:
-            goal = self._substitution_goal(want.path, want.repair, want.ca, waiter.keep_going, waiter.requests)
+            goal = self._substitution_goal(want.path, want.repair, want.ca, waiter.keep_going, waiter.requests,
+                                           waiter.settings)
         goal.waiters.append((waiter.id, resolved))
         waiter.waitees.add(goal.id)
 
@@ -322,7 +334,7 @@ class Scheduler:
     def _restart(self, goal: GoalRecord) -> None:
         """Hand `goal`'s waiters and requests to a new goal for the outputs asked of it."""
         new = self._new_goal("drv", goal.path, goal.keep_going, goal.requests,
-                             (goal.asked, goal.build_mode), goal.build_mode, goal.asked)
+                             (goal.asked, goal.build_mode), goal.build_mode, goal.settings, goal.asked)
         for waiter_id, resolved in goal.waiters:
             waiter = self.goals.get(waiter_id)
             if waiter is not None:

@@ -8,6 +8,7 @@ the build runner or the store actor.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -66,13 +67,16 @@ class WorkerActor(pykka.ThreadingActor):
         from .derivation_goal import DerivationGoalActor
         from .substitution_goal import SubstitutionGoalActor
 
+        services = self.services
+        if goal.settings is not None:  # a caller's own settings (a daemon client's SetOptions)
+            services = dataclasses.replace(services, settings=goal.settings)
         if goal.kind == "drv":
             wanted, build_mode = params
             return DerivationGoalActor.start(goal.id, goal.path, wanted, build_mode, goal.keep_going,
-                                             self.services, self.actor_ref)
+                                             services, self.actor_ref)
         repair, ca = params
         return SubstitutionGoalActor.start(goal.id, goal.path, repair, ca, goal.keep_going,
-                                           self.services, self.actor_ref)
+                                           services, self.actor_ref)
 
     @staticmethod
     def _send(goal: GoalRecord, message: object) -> None:
@@ -125,7 +129,7 @@ class WorkerActor(pykka.ThreadingActor):
                 if not s.requests:
                     self.services.reader.forget_contents_checks()  # a new "Worker" in Nix's terms
                 s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
-                          message.done.set_result)
+                          message.done.set_result, message.settings)
             case BuildLogLine(drv_path=drv_path, line=line, is_message=is_message):
                 event = Message(text=line) if is_message else LogLine(drv_path=drv_path, line=line)
                 observers = {id(o): o for goal in s.derivation_goals.get(drv_path, ())

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from goalkeeper.store.paths import StorePath
 
@@ -45,6 +46,8 @@ class Realise:
     keep_going: bool
     observer: Callable[[object], None] | None
     done: Future
+    # this caller's settings (a daemon connection's SetOptions); None: the engine's
+    settings: Any = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

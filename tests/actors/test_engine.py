@@ -173,3 +173,23 @@ def test_no_thread_or_fd_left_behind_after_many_realisations(env):
         time.sleep(0.2)
         assert threading.active_count() <= threads
         assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_a_caller_s_own_settings_reach_its_goals_only(env, tmp_path):
+    store, settings, instantiate = env
+    [drv] = instantiate('mk "fails" "echo oops; exit 1"')
+    theirs = Settings.load(conf_dir=str(tmp_path), environ={"NIX_USER_CONF_FILES": ""},
+                           overrides=[*((k, settings.to_string(k)) for k in ("build-users-group", "sandbox",
+                                                                              "substituters")),
+                                      ("keep-failed", "true")])
+    with Engine(store, settings) as engine:
+        events: list = []
+        mine = engine.realise([DerivedPath(drv, frozenset())], observer=events.append)
+        assert mine.exit_status == 100
+        assert not any("keeping build directory" in getattr(e, "text", "") for e in events)
+        events.clear()
+        realised = engine.realise([DerivedPath(drv, frozenset())], observer=events.append, settings=theirs)
+        assert realised.exit_status == 100
+        [kept] = [e.text for e in events if "keeping build directory" in getattr(e, "text", "")]
+        build_dir = kept.split("'")[1]
+        assert os.path.isdir(build_dir)
