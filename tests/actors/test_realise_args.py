@@ -123,3 +123,16 @@ def test_dry_run_does_not_check_output_names(local_store, gk, run_nix) -> None:
     ours = gk(*args, "realise", "--dry-run", f"{multi}!nope,dev")
     assert (ours.status, ours.stdout, ours.stderr) == (nix.returncode, nix.stdout, nix.stderr)
     assert nix.returncode == 0 and b"will be built" in nix.stderr
+
+
+@pytest.mark.nix
+@pytest.mark.timeout(60)
+def test_keep_failed_flag_keeps_the_build_directory_as_nix_store_K(local_store, gk, run_nix) -> None:
+    args = [*local_store.args, *NO_SANDBOX]
+    drv = run_nix("nix-instantiate", *args, str(DATA / "fail.nix")).stdout.decode().split()[0]
+    theirs = run_nix("nix-store", *args, "-r", "-K", drv, check=False)
+    ours = gk(*args, "realise", "-K", drv)
+    assert ours.status == theirs.returncode == 100
+    [ours_note] = [line for line in ours.stderr.decode().splitlines() if "keeping build directory" in line]
+    assert any("keeping build directory" in line for line in theirs.stderr.decode().splitlines())
+    assert os.path.isdir(ours_note.split("'")[1])

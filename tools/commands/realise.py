@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cores", metavar="N", help="the value of NIX_BUILD_CORES for builders (0: all cores)")
     parser.add_argument("-k", "--keep-going", action="store_true",
                         help="keep building other derivations after one fails")
+    parser.add_argument("-K", "--keep-failed", action="store_true",
+                        help="keep the build directory of a failed build (setting 'keep-failed')")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="rebuild and compare with the existing valid outputs")
     mode.add_argument("--repair", action="store_true", help="check the closure's contents and rebuild what is corrupt")
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace, ctx) -> int:
             settings.set(name, value)
     if args.keep_going:
         settings.set("keep-going", "true")
+    if args.keep_failed:
+        settings.set("keep-failed", "true")
     if args.fallback:
         settings.set("fallback", "true")
 
