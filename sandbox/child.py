@@ -18,6 +18,10 @@ Guarantees of a sandboxed build (``spec.sandbox`` set), matching Nix 2.8's on Li
   CTL_NNP) unless allowed, and not at all without it (Nix's filter-syscalls=false); it is
   SIGKILLed if the spawner dies.
 
+A pooled child (``run_prepared``) runs the same steps in the same order, split in two: those
+that depend only on ``pool_key`` before its build exists, the rest once the spawner hands
+it the spec and the pty.  What the builder sees is the same either way.
+
 How a failure is reported: each step has a name; the first that fails writes
 ``step NUL errno NUL message`` to the setup channel and the child ``_exit(1)``s.  The setup
 channel is O_CLOEXEC, so a successful exec closes it: EOF without data means started.
@@ -31,6 +35,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import pickle
 import resource
 import select
 import _signal
@@ -55,7 +60,7 @@ class ChildFds:
     would keep it from ever seeing EOF on the read ends.
     """
 
-    pty_slave: int
+    pty_slave: int  # -1 for a pooled child: its pty comes with the spec
     setup_w: int  # setup channel, child -> spawner
     sync_r: int  # id-map sync, spawner -> child ("1" when uid_map/gid_map are written)
     sync_w: int  # the spawner's end of the sync pipe: closed by the child at once
@@ -115,8 +120,79 @@ spawner_base = SpawnerBase()  # filled in by the spawner when it applies a launc
 
 def run(spec: BuildSpec, fds: ChildFds, seccomp_filter=None) -> None:
     """Apply ``spec`` and exec the builder.  Never returns."""
+    def apply() -> None:
+        step = _Steps()
+        _prepare(spec, fds, seccomp_filter, step)
+        _finish(spec, fds, step)
+
+    _reporting_failures(fds, apply)
+
+
+def run_prepared(template: BuildSpec, fds: ChildFds, seccomp_filter, spec_r: int) -> None:
+    """A pooled child: prepare as ``template`` says, wait for the build's spec, finish it.
+
+    Everything `_prepare` does depends only on what `pool_key` compares (the namespaces,
+    id maps, filter, stdin), so it is done before any build asks for it; what the spec
+    read from ``spec_r`` adds (the chroot, credentials, the exec) is `_finish`'s.  Never
+    returns.
+    """
+    def apply() -> None:
+        step = _Steps()
+        _prepare(template, fds, seccomp_filter, step, keep=(spec_r,))
+        with step("wait-for-spec"):
+            spec, pty_slave = receive_spec(spec_r)
+        with step("dup-fds"):
+            _dup_pty(pty_slave)
+            os.close(pty_slave)
+        _finish(spec, fds, step)
+
+    _reporting_failures(fds, apply)
+
+
+def pool_key(spec: BuildSpec):
+    """What a pooled child prepared for must equal in a spec it is given (None: not poolable)."""
+    s = spec.sandbox
+    if s is None:
+        return None
+    return (s.uid_map, s.gid_map, s.user_namespace, s.private_network, s.hostname,
+            s.domainname, spec.seccomp, spec.stdin_path, spec.kill_with_parent)
+
+
+_SPEC_LENGTH = struct.Struct(">I")
+
+
+def encode_spec(spec: BuildSpec) -> bytes:
+    payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+    return _SPEC_LENGTH.pack(len(payload)) + payload
+
+
+def receive_spec(fd: int) -> tuple[BuildSpec, int]:
+    """A length-prefixed spec and, with its first bytes, the build's pty slave."""
+    with socket.socket(fileno=fd) as sock:
+        data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+        if not fds:  # EOF: discarded, or the spawner died
+            os._exit(1)
+        buf = bytearray(data)
+        while len(buf) < _SPEC_LENGTH.size or len(buf) < _SPEC_LENGTH.size + _length(buf):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                os._exit(1)
+            buf += chunk
+    return pickle.loads(bytes(buf[_SPEC_LENGTH.size:])), fds[0]
+
+
+def _length(buf: bytearray) -> int:
+    return _SPEC_LENGTH.unpack_from(buf)[0]
+
+
+def _dup_pty(slave: int) -> None:
+    os.dup2(slave, 1)
+    os.dup2(slave, 2)
+
+
+def _reporting_failures(fds: ChildFds, apply) -> None:
     try:
-        _apply(spec, fds, seccomp_filter)
+        apply()
     except _StepFailed as e:
         os.write(fds.setup_w, encode_failure(e.step, e.errno, e.message))
     except BaseException as e:  # a bug in this module: still report it
@@ -135,8 +211,9 @@ def _check_lifeline(fds: ChildFds) -> None:
         os._exit(1)
 
 
-def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
-    step = _Steps()
+def _prepare(spec: BuildSpec, fds: ChildFds, seccomp_filter, step: _Steps,
+             keep: tuple[int, ...] = ()) -> None:
+    """The steps that depend only on `pool_key`: up to the new root's population."""
     sandbox = spec.sandbox
     with step("close-spawner-fds"):
         # Nix's child starts with `userNamespaceSync.writeSide = -1`: only the spawner may
@@ -163,8 +240,8 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
     with step("dup-fds"):
         stdin = os.open(spec.stdin_path, os.O_RDWR)
         os.dup2(stdin, 0)
-        os.dup2(fds.pty_slave, 1)
-        os.dup2(fds.pty_slave, 2)
+        if fds.pty_slave != -1:
+            _dup_pty(fds.pty_slave)
     if sandbox is not None and sandbox.user_namespace:
         with step("wait-for-id-map"):
             if os.read(fds.sync_r, 1) != b"1":
@@ -180,7 +257,18 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
                 if spec.seccomp.required:
                     raise
     if sandbox is not None:
-        _apply_sandbox(spec, sandbox, step)
+        _prepare_sandbox(sandbox, step)
+    if keep:
+        with step("close-fds"):
+            # A pooled child may wait long: it must not hold the spawner's socket or other
+            # builds' fds meanwhile (the engine would never see the spawner's EOF).
+            _close_fds_except(sorted({0, 1, 2, fds.setup_w, fds.lifeline_r, *keep}))
+
+
+def _finish(spec: BuildSpec, fds: ChildFds, step: _Steps) -> None:
+    """The rest: the chroot, credentials, and the exec."""
+    if spec.sandbox is not None:
+        _enter_root(spec.sandbox, step)
     if spec.credentials is not None:
         creds = spec.credentials
         with step("setgid/setuid"):
@@ -197,8 +285,7 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
         os.chdir(spec.cwd)
     with step("close-fds"):
         # Everything but 0-2 and the setup channel, which exec closes (O_CLOEXEC).
-        os.closerange(3, fds.setup_w)
-        os.closerange(fds.setup_w + 1, 1 << 20)
+        _close_fds_except([0, 1, 2, fds.setup_w])
     with step("personality"):
         current = _linux.personality(0xFFFFFFFF)
         base = spec.personality_set
@@ -221,8 +308,16 @@ def _apply(spec: BuildSpec, fds: ChildFds, seccomp_filter) -> None:
         os.execve(spec.builder, list(spec.argv), env)
 
 
-def _apply_sandbox(spec: BuildSpec, sandbox: SandboxSpec, step: _Steps) -> None:
-    root = sandbox.root
+def _close_fds_except(keep: list[int]) -> None:
+    low = 0
+    for fd in keep:  # sorted
+        if fd > low:  # closerange(0, 0) would close everything (close_range(0, ~0U))
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _prepare_sandbox(sandbox: SandboxSpec, step: _Steps) -> None:
     if sandbox.private_network:
         with step("loopback-up"):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM, 0) as sock:
@@ -231,6 +326,14 @@ def _apply_sandbox(spec: BuildSpec, sandbox: SandboxSpec, step: _Steps) -> None:
     with step("hostname"):
         _linux.sethostname(sandbox.hostname)
         _linux.setdomainname(sandbox.domainname)
+    with step("mount-private"):
+        # Subtrees may be MS_SHARED (systemd does that); mounting on top of one would
+        # propagate to the host even from a private mount namespace.
+        _linux.mount(None, "/", None, _linux.MS_PRIVATE | _linux.MS_REC)
+
+
+def _enter_root(sandbox: SandboxSpec, step: _Steps) -> None:
+    root = sandbox.root
     with step("populate"):
         for d in sandbox.dirs:
             os.makedirs(d.path, exist_ok=True)
@@ -244,10 +347,6 @@ def _apply_sandbox(spec: BuildSpec, sandbox: SandboxSpec, step: _Steps) -> None:
                 os.close(fd)
         for s in sandbox.symlinks:
             os.symlink(s.target, s.path)
-    with step("mount-private"):
-        # Subtrees may be MS_SHARED (systemd does that); mounting on top of one would
-        # propagate to the host even from a private mount namespace.
-        _linux.mount(None, "/", None, _linux.MS_PRIVATE | _linux.MS_REC)
     with step("bind-root"):
         # pivot_root needs the new root to be a mount point of its own.
         _linux.mount(root, root, None, _linux.MS_BIND)

@@ -56,7 +56,8 @@ class Started:
     build_id: int
     pid: int
     spawn_ns: int  # spawner time for the request: pty, fork/clone, id maps
-    setup_ns: int  # from fork to exec, as the spawner saw it
+    setup_ns: int  # from fork to exec, as the spawner saw it (prepared: from the hand-over)
+    prepared: bool = False  # a pooled child, prepared before the request, took the build
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,12 @@ Sandboxed children are made with a raw clone(CLONE_NEWUSER|CLONE_NEWPID|...), so
 is pid 1 of its pid namespace directly and a direct child of the spawner (one process per
 build, and its wait status is the builder's).  Unsandboxed children use os.fork().
 
+Sandboxes are prepared while other builds run: whenever it has nothing else to do, the
+spawner keeps `POOL_SIZE` children cloned for the last sandboxed spec's namespaces, id maps
+and filter (``child.pool_key``), each waiting for its build's spec (and pty) on a socket
+after doing everything that does not depend on the build.  A matching build takes one, so
+what is left between request and exec is the chroot and the exec itself.
+
 Lifetime: the spawner dies with the engine (PR_SET_PDEATHSIG(SIGTERM) plus a re-check of
 the parent pid, and EOF on the socket); before exiting it SIGKILLs every build's process
 group.  Builds hold a lifeline pipe to the spawner and PR_SET_PDEATHSIG(SIGKILL).
@@ -23,6 +29,7 @@ group.  Builds hold a lifeline pipe to the spawner and PR_SET_PDEATHSIG(SIGKILL)
 from __future__ import annotations
 
 import array
+import errno
 import gc
 import os
 import selectors
@@ -45,6 +52,7 @@ from .seccomp import compile_policy
 from .spec import BuildSpec, ChildExited, LaunchProfile, same_filter
 
 _ALL_SIGNALS = frozenset(_signal.valid_signals())
+POOL_SIZE = 2  # prepared sandboxes kept ready (see _refill); -j 2 takes two at once
 
 
 def make_raw(fd: int) -> None:
@@ -71,13 +79,41 @@ class _Child:
     mount_ns: int = -1  # the child's first mount namespace, held until it is reaped
     report: bytearray = field(default_factory=bytearray)
     popen: subprocess.Popen | None = None  # a directly launched builder (see _launch)
+    prepared: bool = False  # taken from the pool
+
+
+@dataclass(frozen=True, slots=True)
+class _Cloned:
+    """A child just made: its pty master and setup channel are still ours to hand on."""
+
+    pid: int
+    master: int
+    setup_r: int
+    mount_ns: int
+    forked_ns: int  # setup_ns counts from here
+    spawn_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A pooled child, prepared for ``key`` and waiting for a spec on ``spec_sock``."""
+
+    cloned: _Cloned  # its master is -1: the pty is opened at hand-over
+    spec_sock: socket.socket
+    key: tuple
+
+
+class _CloneFailed(Exception):
+    def __init__(self, step: str, error: BaseException, pid: int | None = None):
+        super().__init__(step, error, pid)
+        self.step, self.error, self.pid = step, error, pid
 
 
 class SpawnerLoop:
     """The select loop.  One instance per spawner process."""
 
     def __init__(self, sock: socket.socket, profile: LaunchProfile | None = None,
-                 filter_in_force=None) -> None:
+                 filter_in_force=None, pool_size: int = POOL_SIZE) -> None:
         self._profile = profile  # applied to this process (see apply_profile); None: not
         self._filter_in_force = filter_in_force  # the SeccompPolicy we run under, if any
         self._sock = sock
@@ -93,6 +129,11 @@ class SpawnerLoop:
         self._sel.register(self._sock, selectors.EVENT_READ, "sock")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._running = True
+        self._pool_size = pool_size
+        self._pool: dict[int, _Prepared] = {}  # prepared children by pid, oldest first
+        self._template: BuildSpec | None = None  # what refills prepare for
+        self._template_key = None
+        self._pool_broken: set = set()  # keys whose children failed to prepare
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -102,7 +143,13 @@ class SpawnerLoop:
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
         try:
             while self._running:
-                for key, mask in self._sel.select():
+                # Prepare sandboxes only while nothing else is waiting: requests first.
+                refill = self._wants_refill()
+                ready = self._sel.select(0 if refill else None)
+                if refill and not ready:
+                    self._refill()
+                    continue
+                for key, mask in ready:
                     tag = key.data
                     if tag == "sock":
                         if mask & selectors.EVENT_READ:
@@ -175,15 +222,40 @@ class SpawnerLoop:
         if self._launches_directly(spec):
             self._launch(build_id, spec)
             return
+        key = child.pool_key(spec)
+        if key is not None:
+            if key != self._template_key:
+                self._learn_template(spec, key)
+            try:
+                if self._hand_over(build_id, spec, key):
+                    return
+            except _CloneFailed as e:  # no pty left
+                self._clone_failed(build_id, e)
+                return
+        try:
+            cloned = self._clone(spec, lambda fds, f: child.run(spec, fds, f))
+        except _CloneFailed as e:
+            self._clone_failed(build_id, e)
+            return
+        self._adopt(build_id, cloned)
+
+    def _clone(self, spec: BuildSpec, child_main, *, with_pty: bool = True) -> _Cloned:
+        """Fork or clone a child that runs ``child_main(fds, seccomp_filter)``; id maps written.
+
+        ``with_pty=False``: the child gets its pty later (a pooled child, at hand-over).
+
+        Raises:
+            _CloneFailed: naming the step; its ``pid`` is set (and the child SIGKILLed)
+                if the child exists already.
+        """
         t0 = time.perf_counter_ns()
         opened: list[int] = []
         step = "openpty"
         try:
             # The pty comes first: opened after CLONE_NEWUSER it would be owned by a devpts
             # instance the builder's namespace does not map (EPERM / wrong owner).
-            master, slave = os.openpty()  # O_NOCTTY, both O_CLOEXEC (non-inheritable)
+            master, slave = _open_pty() if with_pty else (-1, -1)
             opened += (master, slave)
-            make_raw(slave)
             step = "pipe"
             setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
             opened += (setup_r, setup_w)
@@ -197,21 +269,18 @@ class SpawnerLoop:
             # EMFILE, no free pty, a bad policy: this build fails, the others go on (as in
             # Nix, where only the goal whose startBuilder threw fails).
             for fd in opened:
-                os.close(fd)
-            if isinstance(e, OSError):
-                err, message = e.errno or 0, e.strerror or str(e)
-            else:
-                err, message = 0, f"{type(e).__name__}: {e}"
-            self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
-            return
+                if fd != -1:
+                    os.close(fd)
+            raise _CloneFailed(step, e) from e
         fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r, sync_w=sync_w,
                              lifeline_r=self._lifeline_r, lifeline_w=self._lifeline_w)
         if pid == 0:  # the child; never returns
             gc.disable()  # a collection would touch (copy) every page of the heap before exec
-            child.run(spec, fds, seccomp_filter)
+            child_main(fds, seccomp_filter)
         forked_ns = time.perf_counter_ns()
         for fd in (slave, setup_w, sync_r):
-            os.close(fd)
+            if fd != -1:
+                os.close(fd)
         mount_ns = -1
         sandbox = spec.sandbox
         step = "uid_map"
@@ -234,20 +303,133 @@ class SpawnerLoop:
                 os.write(sync_w, b"1")  # the child waits for this (wait-for-id-map)
         except OSError as e:
             # The child is waiting on the sync pipe; closing it makes it exit.
-            self._report_early(build_id, pid, step, e, master, setup_r)
-            os.close(sync_w)
-            if mount_ns != -1:
-                os.close(mount_ns)
-            return
+            for fd in (master, setup_r, sync_w, mount_ns):
+                if fd != -1:
+                    os.close(fd)
+            _kill_group(pid, signal.SIGKILL)
+            raise _CloneFailed(step, e, pid) from e
         os.close(sync_w)
-        spawn_ns = time.perf_counter_ns() - t0
-        c = _Child(build_id=build_id, pid=pid, forked_ns=forked_ns, spawn_ns=spawn_ns,
-                   setup_r=setup_r, mount_ns=mount_ns)
-        self._children[pid] = c
-        self._by_build[build_id] = pid
-        os.set_blocking(setup_r, False)
-        self._sel.register(setup_r, selectors.EVENT_READ, pid)
-        self._send(Spawned(build_id=build_id, pid=pid), [master])
+        return _Cloned(pid=pid, master=master, setup_r=setup_r, mount_ns=mount_ns,
+                       forked_ns=forked_ns, spawn_ns=time.perf_counter_ns() - t0)
+
+    def _clone_failed(self, build_id: int, failure: _CloneFailed) -> None:
+        e = failure.error
+        if isinstance(e, OSError):
+            err, message = e.errno or 0, e.strerror or str(e)
+            if failure.pid is not None and e.filename:
+                message += f": {e.filename}"
+        else:
+            err, message = 0, f"{type(e).__name__}: {e}"
+        self._send(SetupFailed(build_id=build_id, step=failure.step, errno=err, message=message))
+        if failure.pid is not None:
+            # Still reaped (and reported as Exited) by _reap.
+            self._children[failure.pid] = _Child(build_id=build_id, pid=failure.pid,
+                                                 forked_ns=0, spawn_ns=0, setup_r=-1)
+            self._by_build[build_id] = failure.pid
+
+    def _adopt(self, build_id: int, cloned: _Cloned, prepared: bool = False) -> None:
+        """The child now runs ``build_id``: watch its setup channel, give the engine its pty."""
+        c = _Child(build_id=build_id, pid=cloned.pid, forked_ns=cloned.forked_ns,
+                   spawn_ns=cloned.spawn_ns, setup_r=cloned.setup_r, mount_ns=cloned.mount_ns,
+                   prepared=prepared)
+        self._children[c.pid] = c
+        self._by_build[build_id] = c.pid
+        os.set_blocking(c.setup_r, False)
+        self._sel.register(c.setup_r, selectors.EVENT_READ, c.pid)
+        self._send(Spawned(build_id=build_id, pid=c.pid), [cloned.master])
+
+    # -- the pool of prepared sandboxes ----------------------------------------------------
+    #
+    # Creating the namespaces, writing the id maps and the child's first steps cost 3-4 ms
+    # of spawner time and as much in the child (a forked interpreter copies every page it
+    # touches).  None of it depends on the build, only on `child.pool_key`, so between
+    # requests the spawner clones up to `pool_size` children for the last poolable spec
+    # (the template); each prepares itself (`child.run_prepared`) and then waits for its
+    # spec on a pipe.  A build whose key matches takes one: spec in, chroot, exec.
+
+    def _learn_template(self, spec: BuildSpec, key) -> None:
+        for pid in [pid for pid, p in self._pool.items() if p.key != key]:
+            self._discard(pid)
+        self._template, self._template_key = spec, key
+
+    def _wants_refill(self) -> bool:
+        return (self._template_key is not None and self._template_key not in self._pool_broken
+                and len(self._pool) < self._pool_size)
+
+    def _refill(self) -> None:
+        """Clone one prepared child for the template."""
+        template, key = self._template, self._template_key
+        # A socket, not a pipe: the pty comes with the spec (SCM_RIGHTS).  Opening it only
+        # then keeps the host's pty numbers (/dev/pts/N, which a builder sees) as they are
+        # without a pool, and a waiting child from holding a pty.
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec_w, spec_r = ours.detach(), theirs.detach()
+        try:
+            cloned = self._clone(template,
+                                 lambda fds, f: child.run_prepared(template, fds, f, spec_r),
+                                 with_pty=False)
+        except _CloneFailed:
+            # A direct clone for the next build will fail the same way and say why.
+            os.close(spec_w)
+            self._pool_broken.add(key)
+            return
+        finally:
+            os.close(spec_r)
+        self._pool[cloned.pid] = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=spec_w),
+                                           key=key)
+
+    def _hand_over(self, build_id: int, spec: BuildSpec, key) -> bool:
+        """Give the build to a prepared child; False if none is ready."""
+        pid = next((pid for pid, p in self._pool.items() if p.key == key), None)
+        if pid is None:
+            return False
+        t0 = time.perf_counter_ns()
+        p = self._pool.pop(pid)
+        master = slave = -1
+        try:
+            master, slave = _open_pty()
+            data = child.encode_spec(spec)
+            # Blocking: the child is waiting in recvmsg, so a spec beyond the socket
+            # buffer still goes through.
+            sent = socket.send_fds(p.spec_sock, [data], [slave])
+            p.spec_sock.sendall(data[sent:])
+        except OSError as e:
+            for fd in (master, slave):
+                if fd != -1:
+                    os.close(fd)
+            self._close_prepared(p)
+            _kill_group(pid, signal.SIGKILL)
+            if e.errno in (errno.EPIPE, errno.ECONNRESET):  # it died meanwhile (reaped later)
+                return False
+            raise _CloneFailed("openpty", e) from e
+        finally:
+            p.spec_sock.close()
+        os.close(slave)
+        now = time.perf_counter_ns()
+        cloned = p.cloned
+        self._adopt(build_id, _Cloned(pid=pid, master=master, setup_r=cloned.setup_r,
+                                      mount_ns=cloned.mount_ns, forked_ns=now,
+                                      spawn_ns=now - t0), prepared=True)
+        return True
+
+    def _discard(self, pid: int) -> None:
+        p = self._pool.pop(pid)
+        p.spec_sock.close()
+        self._close_prepared(p)
+        _kill_group(pid, signal.SIGKILL)
+
+    @staticmethod
+    def _close_prepared(p: _Prepared) -> None:
+        for fd in (p.cloned.setup_r, p.cloned.mount_ns):
+            if fd != -1:
+                os.close(fd)
+
+    def _pooled_exited(self, pid: int) -> None:
+        """A prepared child died before any build took it: its preparation failed."""
+        p = self._pool.pop(pid)
+        p.spec_sock.close()
+        self._close_prepared(p)
+        self._pool_broken.add(p.key)  # a direct clone will report the failing step
 
     def _child_filter(self, spec: BuildSpec):
         """The filter a forked child must load (None: none, or ours, which it inherits)."""
@@ -358,20 +540,6 @@ class SpawnerLoop:
             flags |= _linux.CLONE_NEWNET
         return _linux.clone(flags)
 
-    def _report_early(self, build_id, pid, step, e, master, setup_r) -> None:
-        os.close(master)
-        os.close(setup_r)
-        message = e.strerror or str(e)
-        if e.filename:
-            message += f": {e.filename}"
-        self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
-                               message=message))
-        # Still reaped (and reported as Exited) by _reap.
-        self._children[pid] = _Child(build_id=build_id, pid=pid, forked_ns=0, spawn_ns=0,
-                                     setup_r=-1)
-        self._by_build[build_id] = pid
-        _kill_group(pid, signal.SIGKILL)
-
     def _read_setup(self, pid: int) -> None:
         c = self._children.get(pid)
         if c is None or c.setup_r == -1:  # reaped earlier in this batch of events
@@ -394,7 +562,8 @@ class SpawnerLoop:
             self._send(SetupFailed(build_id=c.build_id, step=step, errno=err, message=message))
         else:
             self._send(Started(build_id=c.build_id, pid=c.pid, spawn_ns=c.spawn_ns,
-                               setup_ns=time.perf_counter_ns() - c.forked_ns))
+                               setup_ns=time.perf_counter_ns() - c.forked_ns,
+                               prepared=c.prepared))
 
     # -- killing and reaping -------------------------------------------------------------
 
@@ -404,7 +573,7 @@ class SpawnerLoop:
             _kill_group(pid, sig)
 
     def _reap(self) -> None:
-        while self._children:
+        while self._children or self._pool:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -416,6 +585,8 @@ class SpawnerLoop:
     def _reaped(self, pid: int, status: int) -> None:
         c = self._children.pop(pid, None)
         if c is None:
+            if pid in self._pool:
+                self._pooled_exited(pid)
             return
         if c.setup_r != -1:
             # Dead before we saw its setup channel close: whatever it wrote is all there
@@ -432,6 +603,8 @@ class SpawnerLoop:
         self._send(Exited(build_id=c.build_id, result=ChildExited(pid, status)))
 
     def _kill_all(self) -> None:
+        for pid in list(self._pool):
+            self._discard(pid)
         for pid in list(self._children):
             _kill_group(pid, signal.SIGKILL)
         for pid in list(self._children):
@@ -450,6 +623,17 @@ def _kill_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _open_pty() -> tuple[int, int]:
+    master, slave = os.openpty()  # O_NOCTTY, both O_CLOEXEC (non-inheritable)
+    try:
+        make_raw(slave)
+    except BaseException:
+        os.close(master)
+        os.close(slave)
+        raise
+    return master, slave
 
 
 def _write_file(path: str, data: bytes) -> None:

@@ -1,0 +1,98 @@
+"""Prepared sandboxes: the spawner clones children ahead of the builds that take them."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+
+import pytest
+
+from goalkeeper.sandbox.messages import Exited, SetupFailed
+from goalkeeper.sandbox.spec import IdMap
+
+from .conftest import needs_userns, run_build, sandbox_spec
+from .test_spawner import _alive, _wait_for
+from .test_spawner_failures import _events_until
+
+pytestmark = [needs_userns, pytest.mark.timeout(60)]
+
+PROBE = "id -u; id -g; echo $$; hostname; ls /; [ -t 1 ] && echo tty"
+
+
+def _until_prepared(spawner, tmp_path, script: str, tries: int = 8, **kw):
+    """Builds until one was taken by a prepared child (the spawner refills when idle)."""
+    outcomes = []
+    for i in range(tries):
+        build_dir = tmp_path / f"{script[:4]}{kw}{i}"
+        build_dir.mkdir()
+        out = run_build(spawner, sandbox_spec(build_dir, script, **kw), build_id=i)
+        outcomes.append(out)
+        if out.started is not None and out.started.prepared:
+            return outcomes
+    raise AssertionError("no build was taken by a prepared child")
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    for name in ("b0", "b9"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+def test_a_prepared_child_runs_the_build_as_a_fresh_one(spawner, dirs):
+    outcomes = _until_prepared(spawner, dirs, PROBE)
+    first, last = outcomes[0], outcomes[-1]
+    assert not first.started.prepared
+    assert first.exited.exit_status == last.exited.exit_status == 0
+    assert first.output == last.output
+    assert last.output.startswith(b"1000\n100\n1\nlocalhost\n") and last.output.endswith(b"tty\n")
+
+
+def test_another_namespace_set_is_cloned_directly_and_then_pooled(spawner, dirs):
+    _until_prepared(spawner, dirs, "true")
+    # A fixed-output build keeps the host network: not what the pool prepared for.
+    outcomes = _until_prepared(spawner, dirs, "cat /proc/net/dev | wc -l", fixed_output=True)
+    assert not outcomes[0].started.prepared
+    assert outcomes[0].output == outcomes[-1].output  # the host's interfaces, both times
+
+
+def test_setup_failure_after_the_hand_over_names_its_step(spawner, dirs):
+    _until_prepared(spawner, dirs, "true")
+    spec = sandbox_spec(dirs / "b9", "true", extra_paths=["/does/not/exist"])
+    out = run_build(spawner, spec, build_id=99)
+    assert out.started is None and out.failed.step == "bind-mount"
+    assert out.failed.errno == errno.ENOENT
+
+
+def test_children_that_cannot_be_prepared_leave_builds_to_direct_clones(spawner, dirs):
+    spec = sandbox_spec(dirs / "b0", "true")
+    bad = IdMap(inside=0, outside=os.getuid(), count=0)  # the kernel refuses a 0-id range
+    spec = dataclasses.replace(spec, sandbox=dataclasses.replace(spec.sandbox, uid_map=bad))
+    for i in range(3):
+        spawner.spawn(i, spec)
+        events = _events_until(spawner, i, Exited)  # the half-made child is still reaped
+        failed = [e for e in events if isinstance(e, SetupFailed) and e.build_id == i]
+        assert [(e.step, e.errno) for e in failed] == [("uid_map", errno.EINVAL)]
+
+
+def test_prepared_children_die_with_the_spawner(spawner, dirs):
+    _until_prepared(spawner, dirs, "true")
+    waiting = []
+
+    def pool_filled() -> bool:
+        waiting[:] = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                      if _ppid(pid) == spawner.pid and _alive(pid)]
+        return len(waiting) >= 2
+
+    _wait_for(pool_filled)
+    spawner.stop()
+    _wait_for(lambda: not any(_alive(pid) for pid in waiting))
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
