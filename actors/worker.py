@@ -61,6 +61,7 @@ class WorkerActor(pykka.ThreadingActor):
                                    start_goal=self._start_goal,
                                    send=self._send, notify=self._notify)
         self._timers: set[threading.Timer] = set()
+        self._early_log: dict = {}  # drv path -> log events held until its goal said "building"
 
     def _start_goal(self, goal: GoalRecord, params) -> pykka.ActorRef:
         # Imported here: the goal modules import this one for GoalServices.
@@ -115,9 +116,13 @@ class WorkerActor(pykka.ThreadingActor):
                 s.release_build_slot(goal)
             case GoalStarted(goal=goal, message=text):
                 s.goal_started(goal, text)
+                if goal in s.goals:
+                    self._flush_early_log(s.goals[goal].path)
             case GoalSaid(goal=goal, message=text):
                 s.goal_said(goal, text)
             case GoalFinished(goal=goal, finished=finished, wanted_outputs=wanted):
+                if goal in s.goals:
+                    self._flush_early_log(s.goals[goal].path)
                 s.goal_finished(goal, finished, wanted)
             case WaitAWhile(goal=goal):
                 self._wait_a_while(goal)
@@ -132,12 +137,25 @@ class WorkerActor(pykka.ThreadingActor):
                           message.done.set_result, message.settings)
             case BuildLogLine(drv_path=drv_path, line=line, is_message=is_message):
                 event = Message(text=line) if is_message else LogLine(drv_path=drv_path, line=line)
-                observers = {id(o): o for goal in s.derivation_goals.get(drv_path, ())
-                             for o in s.observers_of(goal)}
-                for observer in observers.values():
-                    self._notify(observer, event)
+                goals = s.derivation_goals.get(drv_path, ())
+                if goals and not any(g.id in s.started for g in goals):
+                    # The builder spoke before its goal's "building '…'" reached us (they come
+                    # from different threads); Nix prints that line first, so do we.
+                    self._early_log.setdefault(drv_path, []).append(event)
+                    return
+                self._tell_observers(drv_path, event)
             case _:
                 raise TypeError(f"WorkerActor cannot handle {type(message).__name__}")
+
+    def _tell_observers(self, drv_path, event) -> None:
+        s = self.scheduler
+        observers = {id(o): o for goal in s.derivation_goals.get(drv_path, ()) for o in s.observers_of(goal)}
+        for observer in observers.values():
+            self._notify(observer, event)
+
+    def _flush_early_log(self, drv_path) -> None:
+        for event in self._early_log.pop(drv_path, ()):
+            self._tell_observers(drv_path, event)
 
     def _wait_a_while(self, goal_id: int) -> None:
         if goal_id not in self.scheduler.goals:
