@@ -386,14 +386,25 @@ class SpawnerLoop:
         t0 = time.perf_counter_ns()
         p = self._pool.pop(pid)
         master = slave = -1
+        sent = 0
         try:
             master, slave = _open_pty()
             data = child.encode_spec(spec)
             # Blocking: the child is waiting in recvmsg, so a spec beyond the socket
-            # buffer still goes through.
+            # buffer still goes through.  Once it has the whole spec it may close its end
+            # at once, and even an empty send would then fail (EPIPE).
             sent = socket.send_fds(p.spec_sock, [data], [slave])
-            p.spec_sock.sendall(data[sent:])
+            if sent < len(data):
+                p.spec_sock.sendall(data[sent:])
         except OSError as e:
+            if sent:
+                # It has the start of the spec: the build is its own (no second child may
+                # populate the same chroot); it is killed and reaped as the build's.
+                os.close(master)
+                os.close(slave)
+                self._close_prepared(p)
+                _kill_group(pid, signal.SIGKILL)
+                raise _CloneFailed("spec", e, pid) from e
             for fd in (master, slave):
                 if fd != -1:
                     os.close(fd)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from goalkeeper.sandbox.messages import Exited, SetupFailed
+from goalkeeper.sandbox.messages import Exited, SetupFailed, Spawned, Started
 from goalkeeper.sandbox.spec import IdMap
 
 from .conftest import needs_userns, run_build, sandbox_spec
@@ -55,6 +55,32 @@ def test_another_namespace_set_is_cloned_directly_and_then_pooled(spawner, dirs)
     outcomes = _until_prepared(spawner, dirs, "cat /proc/net/dev | wc -l", fixed_output=True)
     assert not outcomes[0].started.prepared
     assert outcomes[0].output == outcomes[-1].output  # the host's interfaces, both times
+
+
+def test_concurrent_builds_each_get_their_own_child(spawner, tmp_path):
+    # Two at a time, as -j 2: each build is set up once, by one child.
+    build_id = 0
+    prepared = 0
+    for _ in range(6):
+        ids = []
+        for _ in range(2):
+            build_id += 1
+            (tmp_path / str(build_id)).mkdir()
+            spawner.spawn(build_id, sandbox_spec(tmp_path / str(build_id), "true"))
+            ids.append(build_id)
+        events = []
+        for i in ids:
+            _events_until(spawner, i, Exited, events)
+        for e in events:
+            if isinstance(e, Spawned):
+                os.close(e.pty_master)
+        assert not [e for e in events if isinstance(e, SetupFailed)]
+        started = [e for e in events if isinstance(e, Started)]
+        assert sorted(e.build_id for e in started) == ids
+        prepared += sum(e.prepared for e in started)
+        exited = [e for e in events if isinstance(e, Exited)]
+        assert [e.result.exit_status for e in exited] == [0, 0]
+    assert prepared >= 4
 
 
 def test_setup_failure_after_the_hand_over_names_its_step(spawner, dirs):
