@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -126,13 +125,13 @@ def timed(argv: list[str], log: str) -> Run:
     return Run(proc.returncode, seconds, usage.ru_maxrss)
 
 
-def goalkeeper_argv(uri: str, jobs: int, targets: list[str]) -> list[str]:
-    return [sys.executable, "-m", "goalkeeper.tools.cli", "--store", uri, *NO_SANDBOX,
+def goalkeeper_argv(uri: str, jobs: int, targets: list[str], options: list[str] = NO_SANDBOX) -> list[str]:
+    return [sys.executable, "-m", "goalkeeper.tools.cli", "--store", uri, *options,
             "realise", "-j", str(jobs), *targets]
 
 
-def nix_argv(uri: str, jobs: int, targets: list[str]) -> list[str]:
-    return ["nix-store", "--store", uri, *NO_SANDBOX, "-r", "-j", str(jobs), *targets]
+def nix_argv(uri: str, jobs: int, targets: list[str], options: list[str] = NO_SANDBOX) -> list[str]:
+    return ["nix-store", "--store", uri, *options, "-r", "-j", str(jobs), *targets]
 
 
 def prepared_store(work: str, shape: str, nodes: int) -> tuple[str, str]:
@@ -153,10 +152,10 @@ def remove_store(root: str) -> None:
     shutil.rmtree(root)
 
 
-def run_one(work: str, shape: str, nodes: int, jobs: int, which: str) -> Run:
+def run_one(work: str, shape: str, nodes: int, jobs: int, which: str, options: list[str] = NO_SANDBOX) -> Run:
     """Realise a fresh `shape` graph with `which` ("goalkeeper" or "nix") and remove the store."""
     uri, top = prepared_store(work, shape, nodes)
-    argv = (goalkeeper_argv if which == "goalkeeper" else nix_argv)(uri, jobs, [top])
+    argv = (goalkeeper_argv if which == "goalkeeper" else nix_argv)(uri, jobs, [top], options)
     try:
         run = timed(argv, os.path.join(work, f"{which}-{shape}-{nodes}.log"))
         if run.status != 0:
@@ -168,19 +167,22 @@ def run_one(work: str, shape: str, nodes: int, jobs: int, which: str) -> Run:
         remove_store(os.path.join(work, "s"))
 
 
-def compare(shapes: list[str], nodes: int, jobs: int) -> bool:
+def compare(shapes: list[str], nodes: int, jobs: int, *, options: list[str] = NO_SANDBOX,
+            label: str = "sandbox off", target: float = TARGET_RATIO) -> bool:
+    """Both engines on the same graphs with `options`; whether every ratio meets `target`."""
     ok = True
-    print(f"realise {nodes} trivial builds, -j {jobs}, sandbox off (wall time per build)")
+    print(f"realise {nodes} trivial builds, -j {jobs}, {label} (wall time per build)", flush=True)
     with tempfile.TemporaryDirectory(prefix="gk-bench-") as work:
         for shape in shapes:
-            nix = run_one(work, shape, nodes, jobs, "nix")
-            gk = run_one(work, shape, nodes, jobs, "goalkeeper")
+            nix = run_one(work, shape, nodes, jobs, "nix", options)
+            gk = run_one(work, shape, nodes, jobs, "goalkeeper", options)
             ratio = gk.seconds / nix.seconds
-            ok &= ratio <= TARGET_RATIO
+            ok &= ratio <= target
             print(f"  {shape:5}  nix-store -r {nix.seconds / nodes * 1e3:7.2f} ms  "
                   f"goalkeeper {gk.seconds / nodes * 1e3:7.2f} ms  ratio {ratio:5.2f} "
-                  f"({'meets' if ratio <= TARGET_RATIO else 'misses'} target <= {TARGET_RATIO})  "
-                  f"peak RSS nix {nix.max_rss_kib // 1024} MiB, goalkeeper {gk.max_rss_kib // 1024} MiB")
+                  f"({'meets' if ratio <= target else 'misses'} target <= {target})  "
+                  f"peak RSS nix {nix.max_rss_kib // 1024} MiB, goalkeeper {gk.max_rss_kib // 1024} MiB",
+                  flush=True)
     return ok
 
 

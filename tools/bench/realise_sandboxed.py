@@ -28,52 +28,17 @@ import time
 from collections import defaultdict
 from contextlib import contextmanager
 
-from .realise_graph import SHAPES, Run, prepared_store, remove_store, timed
+from . import realise_graph
+from .realise_graph import SHAPES, prepared_store, remove_store
 
 TARGET_RATIO = 0.25
 SANDBOXED = ["--option", "build-users-group", "", "--option", "substituters", "",
              "--option", "sandbox", "true", "--option", "sandbox-paths", "/bin /lib /lib64 /usr"]
 
 
-def goalkeeper_argv(uri: str, jobs: int, targets: list[str]) -> list[str]:
-    return [sys.executable, "-m", "goalkeeper.tools.cli", "--store", uri, *SANDBOXED,
-            "realise", "-j", str(jobs), *targets]
-
-
-def nix_argv(uri: str, jobs: int, targets: list[str]) -> list[str]:
-    return ["nix-store", "--store", uri, *SANDBOXED, "-r", "-j", str(jobs), *targets]
-
-
-def run_one(work: str, shape: str, nodes: int, jobs: int, which: str) -> Run:
-    """Realise a fresh `shape` graph with `which` ("goalkeeper" or "nix") and remove the store."""
-    uri, top = prepared_store(work, shape, nodes)
-    argv = (goalkeeper_argv if which == "goalkeeper" else nix_argv)(uri, jobs, [top])
-    log = os.path.join(work, f"{which}-{shape}-{nodes}.log")
-    try:
-        run = timed(argv, log)
-        if run.status != 0:
-            with open(log, "rb") as f:
-                tail = f.read()[-2000:].decode(errors="replace")
-            raise SystemExit(f"{which} failed on {shape}/{nodes} (exit {run.status}):\n{tail}")
-        return run
-    finally:
-        remove_store(os.path.join(work, "s"))
-
-
 def compare(shapes: list[str], nodes: int, jobs: int) -> bool:
-    ok = True
-    print(f"realise {nodes} trivial builds, -j {jobs}, sandbox = true (wall time per build)")
-    with tempfile.TemporaryDirectory(prefix="gk-bench-") as work:
-        for shape in shapes:
-            nix = run_one(work, shape, nodes, jobs, "nix")
-            gk = run_one(work, shape, nodes, jobs, "goalkeeper")
-            ratio = gk.seconds / nix.seconds
-            ok &= ratio <= TARGET_RATIO
-            print(f"  {shape:5}  nix-store -r {nix.seconds / nodes * 1e3:7.2f} ms  "
-                  f"goalkeeper {gk.seconds / nodes * 1e3:7.2f} ms  ratio {ratio:5.2f} "
-                  f"({'meets' if ratio <= TARGET_RATIO else 'misses'} target <= {TARGET_RATIO})",
-                  flush=True)
-    return ok
+    return realise_graph.compare(shapes, nodes, jobs, options=SANDBOXED, label="sandbox = true",
+                                 target=TARGET_RATIO)
 
 
 # -- profile mode ------------------------------------------------------------------------------
