@@ -24,6 +24,7 @@ from goalkeeper.store import nar
 from goalkeeper.store.content_address import render_method
 from goalkeeper.store.errors import InvalidPath, StoreError
 from goalkeeper.store.path_info import ValidPathInfo
+from goalkeeper.store.closure import compute_fs_closure
 from goalkeeper.store.paths import StoreDir, StorePath
 from goalkeeper.store.store_config import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, Environment
 
@@ -269,30 +270,8 @@ class RemoteStore:
 
     def compute_fs_closure(self, paths, flip_direction: bool = False, include_outputs: bool = False,
                            include_derivers: bool = False) -> set[StorePath]:
-        """`computeFSClosure` through queries (the same walk as `LocalStore.compute_fs_closure`)."""
-        todo = [paths] if isinstance(paths, StorePath) else list(paths)
-        closure: set[StorePath] = set()
-        while todo:
-            path = todo.pop()
-            if path in closure:
-                continue
-            closure.add(path)
-            if flip_direction:
-                todo.extend(self.query_referrers(path))
-                if include_outputs:
-                    todo.extend(self.query_valid_derivers(path))
-                if include_derivers and path.is_derivation():
-                    todo.extend(p for p in self.query_partial_derivation_output_map(path).values()
-                                if p is not None and self.is_valid_path(p))
-                continue
-            info = self.require_path_info(path)
-            todo.extend(info.references)
-            if include_outputs and path.is_derivation():
-                todo.extend(p for p in self.query_partial_derivation_output_map(path).values()
-                            if p is not None and self.is_valid_path(p))
-            if include_derivers and info.deriver is not None and self.is_valid_path(info.deriver):
-                todo.append(info.deriver)
-        return closure
+        """`computeFSClosure` through queries."""
+        return compute_fs_closure(self, paths, flip_direction, include_outputs, include_derivers)
 
     def topo_sort_paths(self, paths: Iterable[StorePath]) -> list[StorePath]:
         from goalkeeper.store.topo_sort import topo_sort

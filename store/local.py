@@ -24,6 +24,7 @@ import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
 from . import valid_paths as vp
+from .closure import compute_fs_closure
 from .canonicalise import canonicalise_path_metadata
 from .content_address import ContentAddress
 from .db import StoreDB, map_sqlite_errors, retry_busy
@@ -239,34 +240,8 @@ class LocalStore:
         include_outputs: bool = False,
         include_derivers: bool = False,
     ) -> set[StorePath]:
-        """`computeFSClosure`: everything reachable by references (or referrers, flipped).
-
-        Raises:
-            InvalidPath: a path reached (not flipped) is not valid.
-        """
-        todo = [paths] if isinstance(paths, StorePath) else list(paths)
-        closure: set[StorePath] = set()
-        while todo:
-            path = todo.pop()
-            if path in closure:
-                continue
-            closure.add(path)
-            if flip_direction:
-                todo.extend(self.query_referrers(path))
-                if include_outputs:
-                    todo.extend(self.query_valid_derivers(path))
-                if include_derivers and path.is_derivation():
-                    todo.extend(p for p in vp.query_derivation_outputs(self.db(), self.store_dir, path).values()
-                                if self.is_valid_path(p))
-                continue
-            info = self.require_path_info(path)
-            todo.extend(info.references)
-            if include_outputs and path.is_derivation():
-                todo.extend(p for p in self.query_partial_derivation_output_map(path).values()
-                            if p is not None and self.is_valid_path(p))
-            if include_derivers and info.deriver is not None and self.is_valid_path(info.deriver):
-                todo.append(info.deriver)
-        return closure
+        """`computeFSClosure` (see `closure.compute_fs_closure`)."""
+        return compute_fs_closure(self, paths, flip_direction, include_outputs, include_derivers)
 
     def topo_sort_paths(self, paths: Iterable[StorePath]) -> list[StorePath]:
         """`topoSortPaths`: referrers before their references."""
