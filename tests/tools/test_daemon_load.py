@@ -10,7 +10,6 @@ derivation was built exactly once, whoever asked for it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,9 +17,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from goalkeeper.tools.bench.daemon_queries import wait_for_socket
 
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(120)]
 
@@ -69,20 +69,6 @@ def env() -> dict[str, str]:
     return environ
 
 
-def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}: {proc.stderr.read().decode()}")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(path)
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"no daemon listening on {path}")
-
-
 @pytest.fixture
 def plain_daemon(tmp_path):
     """`goalkeeper daemon` on a store whose logical dir is its real dir, unsandboxed."""
@@ -98,7 +84,7 @@ def plain_daemon(tmp_path):
          "daemon", "--socket", sock, "--quiet"],
         env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for_socket(sock, proc)
+        wait_for_socket(sock, proc, timeout=20)
         yield tmp_path, proc, f"unix://{sock}?store={tmp_path}/store"
     finally:
         if proc.poll() is None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from goalkeeper.tools.bench.daemon_queries import wait_for_socket
 
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(60)]
 
@@ -46,20 +46,6 @@ def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
     env["NIX_USER_CONF_FILES"] = ""
     return env
-
-
-def _wait_for_socket(path: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}: {proc.stderr.read().decode()}")
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.connect(path)
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"no daemon listening on {path}")
 
 
 class Side:
@@ -98,7 +84,7 @@ def _start(name: str, top: Path) -> Side:
                 "daemon", "--socket", sock, "--quiet"]
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    _wait_for_socket(sock, proc)
+    wait_for_socket(sock, proc, timeout=20)
     return Side(name, root, proc, sock)
 
 

@@ -51,11 +51,13 @@ def make_store(root: str, n: int) -> list[str]:
         return [store.print(info.path) for info in infos]
 
 
-def _wait_for_socket(path: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
+def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until a daemon accepts connections on `path`; RuntimeError if `proc` exits first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"daemon exited with {proc.returncode}")
+            detail = f": {proc.stderr.read().decode()}" if proc.stderr is not None else ""
+            raise RuntimeError(f"daemon exited with {proc.returncode}{detail}")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.connect(path)
@@ -75,7 +77,7 @@ def start_daemon(kind: str, root: str, sock: str) -> subprocess.Popen:
                 "--quiet"]
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    _wait_for_socket(sock, proc)
+    wait_for_socket(sock, proc)
     return proc
 
 
