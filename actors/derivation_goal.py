@@ -30,9 +30,10 @@ from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSe
                                     StartBuild, Wake, WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp,
                                     WantDerivation, WantSubstitution)
 from .build_hooks import run_diff_hook, run_post_build_hook, submit
-from .goal_context import LocalGoalContext
+from .goal_context import LocalGoalContext, LocalSubstitutionContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
+from .substitution_goal_state import SubstitutionGoalState
 from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, GoalStarted,
                               ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
@@ -125,6 +126,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
 
     def _apply(self, effect, pending: list) -> None:
         match effect:
+            case WantSubstitution() if not self.services.substituters and self._substituted_here(effect, pending):
+                pass
             case WantDerivation() | WantSubstitution():
                 self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
             case WakeUp():
@@ -162,6 +165,24 @@ class DerivationGoalActor(pykka.ThreadingActor):
 
     def _say(self, message: str) -> None:
         self._tell_worker(GoalSaid(goal=self.goal_id, message=message))
+
+    def _substituted_here(self, want: WantSubstitution, pending: list) -> bool:
+        """With no substituters, run the substitution goal's state machine on this thread.
+
+        Its init and tryNext then end at once (AlreadyValid, or NoSubstituters: "the
+        calling derivation should just do a build"), so a goal of its own would cost an
+        actor and two rounds of messages per output for nothing. Its answer reaches the
+        state machine as the WaiteeDone the worker would have sent. Anything else (a
+        thrown error) goes the ordinary way, through the worker.
+        """
+        ctx = LocalSubstitutionContext(self.services.reader, self.services.settings, (),
+                                       keep_going=self.ctx.keep_going, public_keys=self.services.public_keys)
+        effects = SubstitutionGoalState(want.path, want.repair, want.ca, ctx).handle(Wake())
+        match effects:
+            case [Finished(thrown=False, exit_code=code)]:
+                pending.append(WaiteeDone(exit_code=code))
+                return True
+        return False
 
     # -- the build -------------------------------------------------------------------------
 
