@@ -18,6 +18,7 @@ import os
 import threading
 
 from goalkeeper.protocol.errors import ProtocolError
+from goalkeeper.protocol.store_io import LocalStoreIO
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -28,8 +29,9 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-class StoreGeneration:
-    """A store, opened once, and the build engine on it (created on first use).
+class StoreGeneration(LocalStoreIO):
+    """A store, opened once, and the build engine on it (created on first use): the
+    `StoreIO` of the daemon's connections.
 
     Args:
         store: an open LocalStore (closed with the generation).
@@ -37,7 +39,7 @@ class StoreGeneration:
     """
 
     def __init__(self, store, settings):
-        self.store = store
+        super().__init__(store)
         self.settings = settings
         self.users = 0
         self.retired = False
@@ -73,6 +75,10 @@ class StoreGeneration:
 
     def query_missing(self, targets):
         return self.engine.query_missing([engine_path(t) for t in targets])
+
+    @staticmethod
+    def engine_path(target):
+        return engine_path(target)
 
     def close(self) -> None:
         """Stop the engine (killing its builds), then close the store."""

@@ -26,11 +26,9 @@ from goalkeeper.protocol.errors import ProtocolError
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.signatures import public_keys
 
-from . import add_ops, build_ops, misc_ops, query_ops
-from .connection import Connection, stderr_note
-from .generation import StoreGeneration, engine_path
+from goalkeeper.protocol.server import HANDLERS, Connection, stderr_note
 
-HANDLERS = {**query_ops.HANDLERS, **add_ops.HANDLERS, **build_ops.HANDLERS, **misc_ops.HANDLERS}
+from .generation import StoreGeneration, engine_path
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 

@@ -145,7 +145,7 @@ def has_substitutes(conn, r: WireReader) -> None:
 def query_missing(conn, r: WireReader) -> None:
     targets = read_derived_paths(r, conn.store_dir, conn.minor)
     conn.start_work()
-    missing = conn.generation.query_missing(targets)
+    missing = conn.io.query_missing(targets)
     w = WireWriter()
     for paths in (missing.will_build, missing.will_substitute, missing.unknown):
         write_paths(w, conn.store_dir, paths)

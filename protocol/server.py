@@ -1,5 +1,10 @@
 """One client connection: the hello, the op loop, and the stderr channel (daemon.cc `processConnection`).
 
+Served by goalkeeper's daemon (`tools/daemon/`) and by the restricted store of a
+recursive build (`actors/restricted_store.py`): both hand a `Connection` the op
+table (`HANDLERS`, or a copy with some ops replaced), what the connection shares
+with others (`services`) and its `StoreIO` (`store_io.py`).
+
 Every op follows Nix's shape: read the request, `start_work()`, do it (log
 lines and activities may flow to the client meanwhile, from any thread),
 then `finish(reply)` which sends STDERR_LAST and the reply in one write.
@@ -28,6 +33,11 @@ from goalkeeper.protocol.wire import WireReader, WireWriter
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.signatures import public_keys
 
+from . import add_ops, build_ops, misc_ops, query_ops
+
+# The op table: opcode -> handler(conn, reader).
+HANDLERS = {**query_ops.HANDLERS, **add_ops.HANDLERS, **build_ops.HANDLERS, **misc_ops.HANDLERS}
+
 
 @dataclass(slots=True)
 class ClientOptions:
@@ -51,23 +61,27 @@ class Connection:
     Args:
         read: returns up to n bytes from the client (b"" at end of stream).
         send: writes all bytes to the client.
-        daemon: the `Daemon` (its settings and op table).
-        generation: the store and engine this connection uses (`StoreGeneration`).
+        daemon: what connections share: ``settings``, ``store_dir``, ``handlers`` (the op
+            table), ``note(text)`` (the server's own log), ``next_activity_id()``,
+            ``public_keys()``; and ``tunnel_logs``: whether log lines and activities go
+            to the client (not in recursive Nix, whose daemon keeps the global logger).
+        io: the `StoreIO` this connection uses (its ``store`` is `conn.store`).
         trusted: the peer is in trusted-users (privileged ops and settings allowed).
         peer: a description for the daemon's own log.
     """
 
-    def __init__(self, read: Callable[[int], bytes], send: Callable[[bytes], object], daemon, generation, *,
+    def __init__(self, read: Callable[[int], bytes], send: Callable[[bytes], object], daemon, io, *,
                  trusted: bool, peer: str = "client"):
         self.reader = WireReader(read)
         self._send = send
         self._send_lock = threading.Lock()
         self.daemon = daemon
-        self.generation = generation
-        self.store = generation.store
+        self.io = io
+        self.store = io.store
         self.store_dir = daemon.store_dir
         self.trusted = trusted
         self.peer = peer
+        self._tunnel_logs = getattr(daemon, "tunnel_logs", True)
         self.minor = 0
         self.options = ClientOptions()
         self.can_send_stderr = False
@@ -111,6 +125,8 @@ class Connection:
         self._stderr(stderr.next_line(text if text.endswith("\n") else text + "\n"))
 
     def _stderr(self, data: bytes) -> None:
+        if not self._tunnel_logs:
+            return
         with self._send_lock:
             if self.can_send_stderr:
                 self._send(data)

@@ -10,7 +10,6 @@ from goalkeeper.protocol.wire import WireReader, WireWriter
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.realisations import DrvOutput, Realisation
 
-from . import roots
 
 
 def add_temp_root(conn, r: WireReader) -> None:
@@ -23,7 +22,7 @@ def add_temp_root(conn, r: WireReader) -> None:
 def add_indirect_root(conn, r: WireReader) -> None:
     link = r.string(1 << 12, "root path")
     conn.start_work()
-    roots.add_indirect_root(conn.store, link)
+    conn.io.add_indirect_root(link)
     conn.finish(WireWriter().u64(1))
 
 
@@ -34,7 +33,7 @@ def sync_with_gc(conn, r: WireReader) -> None:
 
 def find_roots(conn, r: WireReader) -> None:
     conn.start_work()
-    found = roots.find_roots(conn.store)
+    found = conn.io.find_roots()
     w = WireWriter().u64(len(found))
     for link, target in found:
         w.string(link).string(conn.store_dir.print(target))
@@ -44,32 +43,32 @@ def find_roots(conn, r: WireReader) -> None:
 def collect_garbage(conn, r: WireReader) -> None:
     r.u64()  # action
     read_paths(r, conn.store_dir)
-    r.bool()  # ignoreLiveness
+    ignore_liveness = r.bool()
     r.u64()  # maxFreed
     for _ in range(3):
         r.u64()  # obsolete fields
     conn.start_work()
-    raise StoreError("garbage collection is not supported by goalkeeper's daemon yet")
+    if ignore_liveness:
+        raise StoreError("you are not allowed to ignore liveness")
+    paths, bytes_freed = conn.io.collect_garbage()
+    w = WireWriter()
+    w.string_set(sorted(paths)).u64(bytes_freed).u64(0)  # the last: obsolete
+    conn.finish(w)
 
 
 def optimise_store(conn, r: WireReader) -> None:
-    from goalkeeper.store.optimise import optimise_store as optimise, show_bytes
-
     conn.start_work()
-    stats = optimise(conn.store)
-    conn.log(f"{show_bytes(stats.bytes_freed)} freed by hard-linking {stats.files_linked} files")
+    conn.io.optimise_store(conn.log)
     conn.finish(WireWriter().u64(1))
 
 
 def verify_store(conn, r: WireReader) -> None:
-    from goalkeeper.store.verify import verify_store as verify
-
     check_contents = r.bool()
     repair = r.bool()
     conn.start_work()
     if repair and not conn.trusted:
         raise StoreError("you are not privileged to repair paths")
-    errors = verify(conn.store, check_contents, repair, log=lambda text: conn.log(text, 0))
+    errors = conn.io.verify_store(check_contents, repair, log=lambda text: conn.log(text, 0))
     conn.finish(WireWriter().bool(errors))
 
 

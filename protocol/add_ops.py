@@ -18,7 +18,7 @@ from goalkeeper.store.hashes import check_algo
 from goalkeeper.store.paths import StorePath
 from goalkeeper.store.signatures import path_info_is_untrusted
 
-from .nar_import import RegularFileSink, add_from_dump, import_nar
+from .nar_import import RegularFileSink
 
 MAX_TEXT_LEN = MAX_STRING_LEN  # a .drv or builtins.toFile text sent in one piece
 MAX_LOG_LEN = 1 << 30
@@ -39,7 +39,7 @@ def add_to_store(conn, r: WireReader) -> None:
         if method == "text":
             path = store.add_text_to_store(name, source.read_all(MAX_TEXT_LEN), refs, repair)
         else:
-            path = add_from_dump(store, name, method, algo, source, refs, repair)
+            path = conn.io.add_from_dump(name, method, algo, source, refs, repair)
     finally:
         source.drain()  # keep the connection in step even when the add failed
     info = store.require_path_info(path)
@@ -69,7 +69,7 @@ def _add_to_store_legacy(conn, r: WireReader) -> None:
     if method == "flat" and not sink.regular:
         raise StoreError("regular file expected")
     data = bytes(saved) if method == "recursive" else bytes(sink.data)
-    path = add_from_dump(conn.store, name, method, algo, io.BytesIO(data), ())
+    path = conn.io.add_from_dump(name, method, algo, io.BytesIO(data), ())
     conn.finish(WireWriter().string(conn.store_dir.print(path)))
 
 
@@ -115,19 +115,19 @@ def add_to_store_nar(conn, r: WireReader) -> None:
         source = FramedSource(r)
         try:
             _check_sigs(conn, info, dont_check_sigs)
-            import_nar(store, info, source, repair=repair)
+            conn.io.import_nar(info, source, repair=repair)
         finally:
             source.drain()
     elif version.has_read_pulled_nar(conn.minor):
         conn.start_work()
         _check_sigs(conn, info, dont_check_sigs)
-        import_nar(store, info, PulledSource(conn.request_data), repair=repair)
+        conn.io.import_nar(info, PulledSource(conn.request_data), repair=repair)
     else:
         saved = bytearray()
         nar.copy(_reader_file(r), saved.extend)
         conn.start_work()
         _check_sigs(conn, info, dont_check_sigs)
-        import_nar(store, info, io.BytesIO(bytes(saved)), repair=repair)
+        conn.io.import_nar(info, io.BytesIO(bytes(saved)), repair=repair)
     conn.finish()
 
 
@@ -142,7 +142,7 @@ def add_multiple_to_store(conn, r: WireReader) -> None:
         for _ in range(count):
             info = read_path_info(inner, conn.store_dir, 16).replace(ultimate=False)
             _check_sigs(conn, info, dont_check_sigs)
-            import_nar(conn.store, info, _reader_file(inner), repair=repair)
+            conn.io.import_nar(info, _reader_file(inner), repair=repair)
     finally:
         source.drain()
     conn.finish()

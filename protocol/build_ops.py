@@ -23,7 +23,6 @@ from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Base
 from goalkeeper.store.paths import StorePath
 
-from .generation import engine_path
 
 BM_NORMAL, BM_REPAIR, BM_CHECK = 0, 1, 2
 # the engine's text for a started build; Nix's logger appends "..." to an activity's text
@@ -118,7 +117,7 @@ def _check_mode_allowed(conn, mode: int) -> None:
 def _realise(conn, targets: list[DerivedPath], mode: int):
     events = BuildEvents(conn)
     try:
-        return conn.generation.realise(targets, mode, keep_going=conn.options.keep_going, observer=events)
+        return conn.io.realise(targets, mode, keep_going=conn.options.keep_going, observer=events)
     finally:
         events.stop_all()
 
@@ -163,7 +162,7 @@ def goal_results(conn, targets: list[DerivedPath], results: dict) -> list[tuple[
     goals: dict[tuple[str, str], tuple[DerivedPath, dict, object]] = {}
     for target in targets:
         key = ("b" if target.outputs is not None else "a", target.path.base)
-        result = results.get(engine_path(target))
+        result = results.get(conn.io.engine_path(target))
         if key not in goals:
             goals[key] = (target, {}, result)
         if result is not None:
@@ -224,7 +223,7 @@ def build_derivation(conn, r: WireReader) -> None:
         raise StoreError(f"derivation '{conn.store_dir.print(drv_path)}' sent by the client does not match the store")
     target = DerivedPath(drv_path, frozenset())
     realised = _realise(conn, [target], mode)
-    result = realised.results.get(engine_path(target))
+    result = realised.results.get(conn.io.engine_path(target))
     wire = _wire_result(conn, target, dict(result.built_outputs) if result else {}, result)
     if result is None and realised.error:
         wire = WireBuildResult(status=9, error_msg=realised.error)
