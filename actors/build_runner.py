@@ -187,6 +187,16 @@ class BuildRunner:
         """Kill a build's process group; thread-safe.  The build replies nothing more."""
         self._post(("kill", build_id))
 
+    def builder_process(self, build_id: int) -> tuple[int, int] | None:
+        """(spawner pid, builder pid) of a running build, or None if it has no process
+        (yet, or any more); thread-safe (for recursive Nix, which joins the builder's
+        namespaces while it runs)."""
+        build = self._builds.get(build_id)  # one dict lookup: atomic, safe off-thread
+        spawner = self._spawner
+        if build is None or build.pid <= 0 or build.done or spawner is None:
+            return None
+        return spawner.pid, build.pid
+
     def stop(self) -> None:
         """Kill every build, stop the spawner and the thread (no replies follow)."""
         if self._stopped:

@@ -111,3 +111,20 @@ def clone(flags: int) -> int:
     # per-architecture argument order (CLONE_BACKWARDS*) does not matter.
     return _check(_libc.syscall(ctypes.c_long(SYSCALLS["clone"]), ctypes.c_ulong(flags),
                                 None, None, None, None))
+
+
+# setns(2) and the namespace ioctls (linux/nsfs.h), for joining a running build's
+# namespaces from a helper process (`add_to_sandbox`).
+NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1): an fd for the user namespace owning this one
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Move the calling thread into the namespace ``fd`` refers to (0: any type)."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)))
+
+
+def owning_user_namespace(ns_fd: int) -> int:
+    """A new fd for the user namespace that owns namespace ``ns_fd``."""
+    import fcntl
+
+    return fcntl.ioctl(ns_fd, NS_GET_USERNS)
