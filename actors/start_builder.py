@@ -9,7 +9,7 @@ chroot.  Running the builder is `build_runner.py`'s job; the result is a
 
 Not here, as in goalkeeper generally: build users (the builder runs as the caller,
 as Nix does with `build-users-group = ""`), builtin builders (`builtin:fetchurl`
-...), recursive Nix, and `exportReferencesGraph` under structured attributes
+...), and `exportReferencesGraph` under structured attributes
 (Nix writes pathInfoToJSON there).
 """
 
@@ -49,6 +49,7 @@ from .derivation_goal_state import BuildMode, KnownOutput
 if TYPE_CHECKING:
     from goalkeeper.store.local import LocalStore
 
+RECURSIVE_SOCKET = ".nix-socket"  # startDaemon's socketName, in the build dir
 _FILE_MODE = 0o644  # writeFile's 0666 under the umask 0022 every Nix process sets
 _SH_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _EXPORT_FILE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -69,6 +70,8 @@ class BuildPlan:
         redirected_outputs: final -> scratch, for outputs built under another name.
         spec: what the spawner runs.
         builtin: a `builtin:` builder (its build directory is never kept).
+        recursive: the derivation requires `recursive-nix`: the goal serves a restricted
+            store on ``<build_dir>/.nix-socket`` while the builder runs.
     """
 
     drv_path: StorePath
@@ -80,6 +83,7 @@ class BuildPlan:
     redirected_outputs: dict[StorePath, StorePath]
     spec: BuildSpec
     builtin: bool = False
+    recursive: bool = False
 
 
 class BuildSetupError(Exception):
@@ -145,8 +149,11 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
         elif os.path.exists(nixenv.HOME_DIR):
             raise BuildSetupError(f"home directory '{nixenv.HOME_DIR}' exists; please remove it to "
                                   "assure purity of builds without sandboxing")
-        if parsed.required_system_features() & {"recursive-nix"}:
-            raise BuildSetupError("goalkeeper does not support recursive Nix builds yet")
+        recursive = "recursive-nix" in parsed.required_system_features()
+        if recursive:
+            # startDaemon: the builder's client talks to the restricted store on this socket
+            # (created by the goal, `restricted_store.py`), named as the builder sees it.
+            env = sorted({**dict(env), "NIX_REMOTE": f"unix://{build_dir_in_sandbox}/{RECURSIVE_SOCKET}"}.items())
         spec = _build_spec(settings, drv, env, rewrites, build_dir, build_dir_in_sandbox, sandbox)
     except BaseException as e:
         for path in (build_dir, chroot_root):
@@ -159,7 +166,7 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
         raise
     return BuildPlan(drv_path=drv_path, build_dir=build_dir, chroot_root=chroot_root,
                      use_chroot=use_chroot, scratch_outputs=scratch, input_rewrites=rewrites,
-                     redirected_outputs=redirected, spec=spec, builtin=drv.is_builtin())
+                     redirected_outputs=redirected, spec=spec, builtin=drv.is_builtin(), recursive=recursive)
 
 
 def delete_build_dir(plan: BuildPlan, *, keep: bool) -> str | None:
