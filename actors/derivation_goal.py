@@ -73,6 +73,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
         self.resolved_drv_path: StorePath | None = None
         self._said_waiting = False
         self.prev_infos: dict | None = None  # the previous round's outputs (build-repeat)
+        self.recursive = None  # the running build's recursive-nix daemon (recursive_daemon.py)
+        self.added_paths: frozenset[StorePath] = frozenset()  # what it added or built (addedPaths)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -93,6 +95,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 ended = isinstance(message, _BUILD_ENDED)
                 if ended:
                     self.build_id = None
+                    self._stop_recursive()
                 self._handle(message)
                 if ended:
                     # after buildDone, as Nix frees the slot for goals of the next round: a
@@ -197,6 +200,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 self.services.store, self.services.settings, drv=state.drv, drv_path=self.drv_path,
                 initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
                 build_mode=state.build_mode, input_paths=state.input_paths)
+            if self.plan.recursive:
+                self._start_recursive(state.input_paths)
         except BuildSetupError as err:
             self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
             pending.append(BuildSetupFailed(message=err.message, input_rejected=err.is_build_error))
@@ -208,6 +213,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
         self.build_id = self.services.runner.run_build(
             drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
             reply=self.actor_ref.tell, goal_name=derivation_goal_name(self.ctx.printed_drv_path, self.initial_wanted))
+        if self.recursive is not None:
+            self.recursive.build_id = self.build_id
 
     def _run_hook(self, job, reply) -> None:
         """Run a hook on the hook pool; its end comes back to this actor as a message."""
@@ -239,7 +246,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 self.services.store, self.services.settings, drv=state.drv, drv_path=self.drv_path, plan=self.plan,
                 initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
                 static_output_hashes={name: out.output_hash for name, out in state.initial_outputs.items()},
-                input_paths=state.input_paths, build_mode=state.build_mode,
+                input_paths=state.input_paths | self.added_paths, build_mode=state.build_mode,
                 register=register, register_realisation=register_realisation,
                 cur_round=state.cur_round, nr_rounds=state.nr_rounds, prev_infos=self.prev_infos)
         except StoreError as err:
@@ -282,6 +289,19 @@ class DerivationGoalActor(pykka.ThreadingActor):
         if self.build_id is not None:
             self.services.runner.kill(self.build_id)
             self.build_id = None
+        self._stop_recursive()
+
+    def _start_recursive(self, input_paths: frozenset[StorePath]) -> None:
+        from .recursive_daemon import start_recursive_daemon
+
+        self.added_paths = frozenset()
+        self.recursive = start_recursive_daemon(self.services, self.plan, input_paths)
+
+    def _stop_recursive(self) -> None:
+        # stopDaemon; the paths the build added stay referenceable by its outputs
+        if self.recursive is not None:
+            daemon, self.recursive = self.recursive, None
+            self.added_paths = daemon.stop()
 
     # -- CA derivations --------------------------------------------------------------------
 

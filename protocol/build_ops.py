@@ -205,12 +205,24 @@ def _realisations(conn, target: DerivedPath, outputs: dict) -> dict[str, str]:
     return built
 
 
+def read_build_derivation(conn, r: WireReader):
+    """BuildDerivation's request: (drv path, the BasicDerivation sent, build mode)."""
+    drv_path = read_path(r, conn.store_dir)
+    drv = read_basic_derivation(r, conn.store_dir, drv_path.derivation_name())
+    return drv_path, drv, _read_build_mode(conn, r)
+
+
+def check_build_derivation_trusted(conn, drv) -> None:
+    """Only a trusted client may have input-addressed derivations built from a description:
+    their output paths are not verifiable by their contents (daemon.cc, wopBuildDerivation)."""
+    if not (conn.trusted or drv.type().is_ca):
+        raise StoreError("you are not privileged to build input-addressed derivations")
+
+
 def build_derivation(conn, r: WireReader) -> None:
     """Build a derivation the client describes. goalkeeper's engine builds derivations from the
     store, so the `.drv` must be valid here; its outputs must match the ones sent."""
-    drv_path = read_path(r, conn.store_dir)
-    drv = read_basic_derivation(r, conn.store_dir, drv_path.derivation_name())
-    mode = _read_build_mode(conn, r)
+    drv_path, drv, mode = read_build_derivation(conn, r)
     conn.start_work()
     _check_mode_allowed(conn, mode)
     store = conn.store
