@@ -79,6 +79,9 @@ class _Services:
     def note(self, text: str) -> None:
         pass  # Nix only debug()s connections here
 
+    def client_settings(self, options):
+        return None  # daemon::Recursive: "FIXME: use some setting in recursive mode"
+
     def next_activity_id(self) -> int:
         with self._ids_lock:
             return next(self._ids)

@@ -240,9 +240,9 @@ class RestrictedStoreIO(LocalStoreIO):
             if not self.store.is_allowed(target.path):
                 raise InvalidPath(what.format(target.render(self.store.store_dir)))
 
-    def realise(self, targets, build_mode: int, *, keep_going: bool, observer):
+    def realise(self, targets, build_mode: int, *, keep_going: bool, observer, settings=None):
         """`buildPathsWithResults`: only allowed targets, normal mode; built outputs' closures
-        become dependencies.  (The client's keep-going is not applied: Nix applies no
+        become dependencies.  (The client's options are not applied: Nix applies no
         SetOptions in recursive mode.)"""
         from .derivation_goal_state import BuildMode
         from .worker_messages import Realise

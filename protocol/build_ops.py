@@ -117,7 +117,8 @@ def _check_mode_allowed(conn, mode: int) -> None:
 def _realise(conn, targets: list[DerivedPath], mode: int):
     events = BuildEvents(conn)
     try:
-        return conn.io.realise(targets, mode, keep_going=conn.options.keep_going, observer=events)
+        return conn.io.realise(targets, mode, keep_going=conn.options.keep_going, observer=events,
+                               settings=conn.daemon.client_settings(conn.options))
     finally:
         events.stop_all()
 

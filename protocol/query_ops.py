@@ -7,14 +7,13 @@ and ends with `conn.finish(reply)`; errors are mapped by the connection.
 from __future__ import annotations
 
 from goalkeeper.protocol import version
+from goalkeeper.protocol.client_settings import accept_overrides
 from goalkeeper.protocol.ops import Op
 from goalkeeper.protocol.serializers import read_derived_paths, read_path, read_paths, write_path_info, write_paths
 from goalkeeper.protocol.wire import WireReader, WireWriter
 from goalkeeper.store import nixbase32
 from goalkeeper.store.errors import StoreError
 
-# Settings an untrusted client may still set (daemon.cc, wopSetOptions).
-UNPRIVILEGED_SETTINGS = frozenset({"build-timeout", "build-repeat", "connect-timeout"})
 
 
 def set_options(conn, r: WireReader) -> None:
@@ -33,14 +32,7 @@ def set_options(conn, r: WireReader) -> None:
     o.use_substitutes = r.bool()
     overrides = r.string_map("settings overrides") if version.has_setting_overrides(conn.minor) else {}
     conn.start_work()
-    for name, value in overrides.items():
-        if name == "ssh-auth-sock":  # obsolete
-            continue
-        if conn.trusted or name in UNPRIVILEGED_SETTINGS or (name == "builders" and value == ""):
-            o.overrides[name] = value
-        else:
-            conn.log(f"warning: ignoring the client-specified setting '{name}', because it is a restricted "
-                     "setting and you are not a trusted user", 1)
+    o.overrides = accept_overrides(overrides, trusted=conn.trusted, settings=conn.daemon.settings, log=conn.log)
     conn.finish()
 
 

@@ -17,7 +17,6 @@ import random
 import shutil
 import socket
 import subprocess
-import threading
 
 import pytest
 
@@ -28,11 +27,8 @@ from goalkeeper.protocol.wire import WireWriter, encode
 from goalkeeper.store import nar
 from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.hashes import hash_bytes
-from goalkeeper.store.local import LocalStore
 from goalkeeper.store.path_info import ValidPathInfo
-from goalkeeper.store.settings import Settings
 from goalkeeper.store.store_config import DaemonStoreConfig, parse_store_uri
-from goalkeeper.tools.daemon import Daemon, listen
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -40,24 +36,6 @@ HELLO = encode(0x6E697863, 0x122, 0, 0)  # magic, 1.34, no affinity, reserveSpac
 SET_OPTIONS = encode(19, 0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 0, 1, 1, "max-silent-time", "0")
 HUGE = (1 << 40, 1 << 63, (1 << 64) - 1, 1 << 32, 0xFFFFFFFF)
 SESSIONS = 300
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    store = LocalStore.open(parse_store_uri(str(tmp_path / "root")), Settings.load())
-    d = Daemon(store, Settings.load(overrides=[("build-users-group", "")]))
-    d.notes = []
-    d.note = d.notes.append
-    path = str(tmp_path / "sock")
-    sock = listen(path)
-    thread = threading.Thread(target=d.serve_socket, args=(sock,), daemon=True)
-    thread.start()
-    d.socket_path = path
-    yield d
-    d.close()
-    sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
-    thread.join(10)
 
 
 def _nar_of(tmp_path, name: str, files: dict[str, bytes]) -> tuple[bytes, str]:

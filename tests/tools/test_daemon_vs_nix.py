@@ -3,29 +3,21 @@
 Each daemon serves its own chroot store (logical /nix/store), so the same inputs give the
 same paths in both and every client output can be compared byte for byte. The client is
 a "local FS store" too (it reads .drv files, logs and NARs from disk), hence `?root=`.
+The daemons are started by conftest's `start_daemon_side`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from goalkeeper.tools.bench.daemon_queries import wait_for_socket
 
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(60)]
 
-LEAKY_ENV = ("NIX_REMOTE", "NIX_CONFIG", "NIX_STORE_DIR", "NIX_STORE", "NIX_STATE_DIR", "NIX_LOG_DIR",
-             "NIX_CONF_DIR", "NIX_DAEMON_SOCKET_PATH")
-# A diverted (chroot) store forces the sandbox; the builders need /bin/sh inside it.
-DAEMON_OPTIONS = ["--option", "build-users-group", "", "--option", "substituters", "",
-                  "--option", "sandbox-paths", "/bin /lib /lib64 /usr"]
-CLIENT_OPTIONS = ["--option", "build-users-group", "", "--option", "substituters", ""]
 NIX_COMMAND = ["--extra-experimental-features", "nix-command"]
 
 EXPR = r"""
@@ -42,54 +34,8 @@ in rec {
 """
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LEAKY_ENV}
-    env["NIX_USER_CONF_FILES"] = ""
-    return env
-
-
-class Side:
-    """One daemon and its store; `run(...)` runs a Nix client command against it."""
-
-    def __init__(self, name: str, root: Path, proc: subprocess.Popen, sock: str):
-        self.name, self.root, self.proc, self.sock = name, root, proc, sock
-        self.uri = f"unix://{sock}?root={root}"
-
-    def run(self, *argv, check=True, timeout=30) -> subprocess.CompletedProcess:
-        cmd = [str(argv[0]), "--store", self.uri, *CLIENT_OPTIONS, *map(str, argv[1:])]
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout, env=_env(), stdin=subprocess.DEVNULL)
-        if check and proc.returncode != 0:
-            pytest.fail(f"[{self.name}] {' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr.decode()}")
-        return proc
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _start(name: str, top: Path) -> Side:
-    root = top / name
-    root.mkdir()
-    sock = str(top / f"{name}.sock")
-    env = _env()
-    if name == "nix":
-        env["NIX_DAEMON_SOCKET_PATH"] = sock
-        argv = ["nix-daemon", "--store", str(root), *DAEMON_OPTIONS]
-    else:
-        argv = [sys.executable, "-m", "goalkeeper.tools.cli", "--store", str(root), *DAEMON_OPTIONS,
-                "daemon", "--socket", sock, "--quiet"]
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    wait_for_socket(sock, proc, timeout=20)
-    return Side(name, root, proc, sock)
-
-
 @pytest.fixture(scope="module")
-def sides(tmp_path_factory):
+def sides(tmp_path_factory, start_daemon_side):
     if shutil.which("nix-daemon") is None:
         pytest.skip("real Nix is not installed")
     top = tmp_path_factory.mktemp("daemons")
@@ -98,7 +44,7 @@ def sides(tmp_path_factory):
     started = []
     try:
         for name in ("nix", "gk"):
-            started.append(_start(name, top))
+            started.append(start_daemon_side(name, top))
         yield top, started
     finally:
         for side in started:
@@ -223,11 +169,11 @@ def test_goalkeeper_client_queries_both_daemons(sides):
         expected = nix.run("nix-store", "-q", *flags, out).stdout
         for side in (nix, gk):
             got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{side.sock}",
-                                  "query", *flags, out], capture_output=True, timeout=30, env=_env())
+                                  "query", *flags, out], capture_output=True, timeout=30, env=side.env)
             assert (got.returncode, got.stdout) == (0, expected), (side.name, flags, got.stderr.decode())
     missing = "/nix/store/" + "0" * 32 + "-missing"
     got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{gk.sock}",
-                          "query", "--hash", missing], capture_output=True, timeout=30, env=_env())
+                          "query", "--hash", missing], capture_output=True, timeout=30, env=gk.env)
     assert got.returncode == 1 and got.stderr == f"error: path '{missing}' is not valid\n".encode()
 
 
@@ -279,8 +225,8 @@ def test_goalkeeper_client_reads_drv_files_of_a_chroot_store(sides):
     for side in (nix, gk):
         for uri in (side.uri, f"unix://{side.sock}?real={side.root}/nix/store"):
             got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", uri, "query", "--outputs",
-                                  drv], capture_output=True, timeout=30, env=_env())
+                                  drv], capture_output=True, timeout=30, env=side.env)
             assert (got.returncode, got.stdout) == (0, expected), (side.name, uri, got.stderr.decode())
     got = subprocess.run([sys.executable, "-m", "goalkeeper.tools.cli", "--store", f"unix://{gk.sock}", "query",
-                          "--outputs", drv], capture_output=True, timeout=30, env=_env())
+                          "--outputs", drv], capture_output=True, timeout=30, env=gk.env)
     assert got.returncode == 1 and b"cannot read derivation" in got.stderr  # /nix/store holds no such file

@@ -67,11 +67,12 @@ class StoreGeneration(LocalStoreIO):
                 self._engine = Engine(self.store, self.settings, logger_is_verbose=False)
             return self._engine
 
-    def realise(self, targets, build_mode: int, *, keep_going: bool, observer):
+    def realise(self, targets, build_mode: int, *, keep_going: bool, observer, settings=None):
+        """Build for a client; `settings`: its own (SetOptions), shared by clients sending the same."""
         from goalkeeper.actors.derivation_goal_state import BuildMode
 
         return self.engine.realise([engine_path(t) for t in targets], build_mode=BuildMode(build_mode),
-                                   keep_going=keep_going, observer=observer)
+                                   keep_going=keep_going, observer=observer, settings=settings)
 
     def query_missing(self, targets):
         return self.engine.query_missing([engine_path(t) for t in targets])

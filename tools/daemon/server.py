@@ -26,6 +26,7 @@ from goalkeeper.protocol.errors import ProtocolError
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.signatures import public_keys
 
+from goalkeeper.protocol.client_settings import ClientSettingsCache
 from goalkeeper.protocol.server import HANDLERS, Connection, stderr_note
 
 from .generation import StoreGeneration, engine_path
@@ -55,6 +56,7 @@ class Daemon:
         self._conns: set[socket.socket] = set()
         self._closed = False
         self._public_keys = None
+        self._client_settings = ClientSettingsCache(settings, warn=self.note)
 
     # -- shared services ---------------------------------------------------------------------
 
@@ -72,6 +74,10 @@ class Daemon:
             stderr_note(text)
 
     engine_path = staticmethod(engine_path)
+
+    def client_settings(self, options):
+        """The settings a client's builds use (its SetOptions applied; one object per distinct set)."""
+        return self._client_settings.get(options)
 
     def public_keys(self):
         """The keys whose signatures make an imported path trusted (parsed once)."""
