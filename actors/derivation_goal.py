@@ -295,7 +295,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         from .recursive_daemon import start_recursive_daemon
 
         self.added_paths = frozenset()
-        self.recursive = start_recursive_daemon(self.services, self.plan, input_paths)
+        self.recursive = start_recursive_daemon(self.services, self.plan, input_paths, say=self._say)
 
     def _stop_recursive(self) -> None:
         # stopDaemon; the paths the build added stay referenceable by its outputs

@@ -28,6 +28,7 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from goalkeeper.protocol.build_ops import read_build_derivation, check_build_derivation_trusted
 from goalkeeper.protocol.ops import Op
@@ -99,9 +100,12 @@ class RecursiveDaemon:
         services: the goal's `GoalServices`.
         plan: the build's `BuildPlan` (build dir, chroot).
         input_paths: the build's input closure (`inputPaths`).
+        say: prints a message as the goal's (the inner builds' "building '…'" lines: Nix's
+            recursive daemon leaves them to its global logger, not to the client).
     """
 
-    def __init__(self, services, plan: BuildPlan, input_paths: frozenset[StorePath]):
+    def __init__(self, services, plan: BuildPlan, input_paths: frozenset[StorePath],
+                 say: Callable[[str], None] | None = None):
         self.services = services
         self.plan = plan
         self.build_id: int | None = None  # set once the runner has the build
@@ -109,7 +113,7 @@ class RecursiveDaemon:
         self.added_paths: frozenset[StorePath] = frozenset()
         self._actor = RestrictedStoreActor.start(input_paths)
         self._store = RestrictedStore(services.store, self._actor, self.add_dependency)
-        self._io = RestrictedStoreIO(self._store, services)
+        self._io = RestrictedStoreIO(self._store, services, say=say)
         self._conn_services = _Services(services.store.store_dir, services.settings)
         self._deps_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -227,8 +231,9 @@ class RecursiveDaemon:
         return self.added_paths
 
 
-def start_recursive_daemon(services, plan: BuildPlan, input_paths: frozenset[StorePath]) -> RecursiveDaemon:
+def start_recursive_daemon(services, plan: BuildPlan, input_paths: frozenset[StorePath], *,
+                           say: Callable[[str], None] | None = None) -> RecursiveDaemon:
     """startDaemon: serve the build's restricted store on ``<build dir>/.nix-socket``."""
-    daemon = RecursiveDaemon(services, plan, input_paths)
+    daemon = RecursiveDaemon(services, plan, input_paths, say)
     daemon.start()
     return daemon

@@ -195,10 +195,11 @@ class RestrictedStoreIO(LocalStoreIO):
         services: the outer goal's `GoalServices` (store actor, build runner, settings).
     """
 
-    def __init__(self, store: RestrictedStore, services):
+    def __init__(self, store: RestrictedStore, services, say: Callable[[str], None] | None = None):
         super().__init__(store)
         self.next = store.next
         self._services = services
+        self._say = say
         self._worker_ref: pykka.ActorRef | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -254,7 +255,7 @@ class RestrictedStoreIO(LocalStoreIO):
         self._worker().tell(Realise(targets=tuple(self.engine_path(t) for t in targets),
                                     build_mode=BuildMode.Normal,
                                     keep_going=bool(self._services.settings.get("keep-going")),
-                                    observer=None, done=done))
+                                    observer=self._observe, done=done))
         realised = done.result()
         new_paths = set()
         for result in realised.results.values():
@@ -263,6 +264,12 @@ class RestrictedStoreIO(LocalStoreIO):
         for path in sorted(self.next.compute_fs_closure(new_paths)) if new_paths else ():
             self.store.add_dependency(path)
         return realised
+
+    def _observe(self, event) -> None:
+        # Only messages ("building '…'", failures): Nix's recursive daemon logs through the
+        # outer process's logger, which shows inner builds as it shows any.
+        if self._say is not None and type(event).__name__ == "Message":
+            self._say(event.text)
 
     def query_missing(self, targets):
         """Unknown for what the build may not see; the rest as the store answers it."""
