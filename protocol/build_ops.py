@@ -226,6 +226,7 @@ def build_derivation(conn, r: WireReader) -> None:
     drv_path, drv, mode = read_build_derivation(conn, r)
     conn.start_work()
     _check_mode_allowed(conn, mode)
+    check_build_derivation_trusted(conn, drv)
     store = conn.store
     if not store.is_valid_path(drv_path):
         raise StoreError(f"cannot build derivation '{conn.store_dir.print(drv_path)}' sent by the client: "

@@ -33,8 +33,8 @@ from .errors import ProtocolError
 from .framing import write_framed
 from .handshake import client_handshake
 from .ops import Op
-from .serializers import (DerivedPath, read_derived_paths, read_path_info, read_paths, write_derived_paths,
-                          write_path_info, write_paths)
+from .serializers import (DerivedPath, WireBuildResult, read_build_result_body, read_derived_paths, read_path_info,
+                          read_paths, write_basic_derivation, write_derived_paths, write_path_info, write_paths)
 from .wire import WireReader, WireWriter
 
 Log = Callable[[str], None]
@@ -363,6 +363,20 @@ class RemoteStore:
             if version.has_build_mode(conn.minor):
                 w.u64(build_mode)
             self._op(Op.BuildPaths, w).reader.u64()
+
+    def ensure_path(self, path: StorePath) -> None:
+        """`ensurePath`: make `path` valid (substituting or building it) or fail."""
+        with self._lock:
+            self._op(Op.EnsurePath, self._path_request(path)).reader.u64()
+
+    def build_derivation(self, drv_path: StorePath, drv, build_mode: int = 0) -> WireBuildResult:
+        """`buildDerivation`: build the BasicDerivation `drv` as `drv_path`; the daemon's result."""
+        with self._lock:
+            conn = self._connection()
+            w = WireWriter().string(self.store_dir.print(drv_path))
+            write_basic_derivation(w, self.store_dir, drv)
+            w.u64(build_mode)
+            return read_build_result_body(self._op(Op.BuildDerivation, w).reader, conn.minor)
 
     def find_roots(self) -> list[tuple[str, StorePath]]:
         with self._lock:

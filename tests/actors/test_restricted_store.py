@@ -76,6 +76,7 @@ def test_only_the_closure_is_visible_and_censored(served):
      "cannot query output map for unknown path '{}' in recursive Nix"),
     (lambda c, p: c.build_paths([DerivedPath(p)]), "cannot build '{}' in recursive Nix because path is unknown"),
     (lambda c, p: c.query_path_from_hash_part(p.hash_part), "queryPathFromHashPart"),
+    (lambda c, p: c.ensure_path(p), "cannot substitute unknown path '{}' in recursive Nix"),
 ])
 def test_refusals_name_nix_reasons(served, call, message):
     store, _daemon, client, _inp, outside = served
@@ -92,3 +93,16 @@ def test_added_paths_become_dependencies_and_the_socket_goes(served):
     assert daemon.stop() == frozenset({added})
     assert daemon.added_paths == frozenset({added})
     assert not os.path.exists(daemon.socket_path)
+
+
+def test_build_derivation_is_refused_as_nix_refuses_it(served):
+    from goalkeeper.store.derivation import BasicDerivation, InputAddressed
+
+    store, _daemon, client, _inp, _outside = served
+    drv_path = store.store_dir.parse("/nix/store/" + "1" * 32 + "-x.drv")
+    out = store.store_dir.parse("/nix/store/" + "2" * 32 + "-x")
+    drv = BasicDerivation(name="x", outputs={"out": InputAddressed(out)}, input_srcs=frozenset(),
+                          platform="x86_64-linux", builder="/bin/sh", args=(), env={"out": store.print(out)})
+    # an untrusted client may not have input-addressed derivations built from a description
+    with pytest.raises(RemoteError, match="you are not privileged to build input-addressed derivations"):
+        client.build_derivation(drv_path, drv)
