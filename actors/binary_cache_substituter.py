@@ -36,6 +36,7 @@ from goalkeeper.store.nar_info_disk_cache import CacheInfo, NarInfoDiskCache
 from goalkeeper.store.narinfo import NarInfo
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StorePath
+from goalkeeper.store.realisations import DrvOutput, Realisation
 from goalkeeper.store.signatures import PublicKeys, path_info_is_untrusted, public_keys
 
 from .substitution_goal_state import SubstituteGone, SubstituterDisabled
@@ -181,6 +182,31 @@ class BinaryCacheSubstituter:
     def query_path_info(self, path: StorePath) -> ValidPathInfo | None:
         narinfo = self.query_nar_info(path)
         return None if narinfo is None else narinfo.info
+
+    def query_realisation(self, id: DrvOutput) -> Realisation | None:
+        """The cache's realisation of a CA derivation output (`realisations/<id>.doi`), or None.
+
+        Raises:
+            SubstituterDisabled: disabled after an earlier failure.
+            StoreError: the cache failed, or its realisation file is malformed.
+        """
+        if not self.ensure_init():
+            return None
+        self._check_enabled()
+        try:
+            doc = self.cache.query_realisation(str(id))
+        except TransferError:
+            self._maybe_disable()
+            raise
+        if doc is None:
+            return None
+        where = f"realisation '{id}' in '{self.uri}'"
+        try:
+            deps = {DrvOutput.parse(k): StorePath(v) for k, v in doc.get("dependentRealisations", {}).items()}
+            return Realisation(id=DrvOutput.parse(doc["id"]), out_path=StorePath(doc["outPath"]),
+                               signatures=frozenset(doc.get("signatures", ())), dependent_realisations=deps)
+        except (StoreError, AttributeError, TypeError) as err:
+            raise StoreError(f"{where} is malformed: {err}") from err
 
     def query_path_infos(self, paths: Iterable[StorePath], *, threads: int = QUERY_THREADS,
                          on_error: Say | None = None) -> dict[StorePath, NarInfo]:

@@ -28,12 +28,12 @@ from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSe
                                     RegisterResolvedRealisations, ResolveAndBuild, ResolvedFinished,
                                     RunPostBuildHook, Started,
                                     StartBuild, Wake, WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp,
-                                    WantDerivation, WantSubstitution)
+                                    WantDerivation, WantDrvOutputSubstitution, WantSubstitution)
 from .build_hooks import run_diff_hook, run_post_build_hook, submit
-from .goal_context import LocalGoalContext, LocalSubstitutionContext
+from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
-from .substitution_goal_state import SubstitutionGoalState
+from .substitution_goal import drv_output_substitution, path_substitution
 from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, GoalStarted,
                               ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
@@ -129,9 +129,10 @@ class DerivationGoalActor(pykka.ThreadingActor):
 
     def _apply(self, effect, pending: list) -> None:
         match effect:
-            case WantSubstitution() if not self.services.substituters and self._substituted_here(effect, pending):
+            case WantSubstitution() | WantDrvOutputSubstitution() if (not self.services.substituters
+                                                                      and self._substituted_here(effect, pending)):
                 pass
-            case WantDerivation() | WantSubstitution():
+            case WantDerivation() | WantSubstitution() | WantDrvOutputSubstitution():
                 self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
             case WakeUp():
                 self._tell_worker(RequestWake(goal=self.goal_id))
@@ -169,7 +170,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
     def _say(self, message: str) -> None:
         self._tell_worker(GoalSaid(goal=self.goal_id, message=message))
 
-    def _substituted_here(self, want: WantSubstitution, pending: list) -> bool:
+    def _substituted_here(self, want: WantSubstitution | WantDrvOutputSubstitution, pending: list) -> bool:
         """With no substituters, run the substitution goal's state machine on this thread.
 
         Its init and tryNext then end at once (AlreadyValid, or NoSubstituters: "the
@@ -178,10 +179,11 @@ class DerivationGoalActor(pykka.ThreadingActor):
         state machine as the WaiteeDone the worker would have sent. Anything else (a
         thrown error) goes the ordinary way, through the worker.
         """
-        ctx = LocalSubstitutionContext(self.services.reader, self.services.settings, (),
-                                       keep_going=self.ctx.keep_going, public_keys=self.services.public_keys)
-        effects = SubstitutionGoalState(want.path, want.repair, want.ca, ctx).handle(Wake())
-        match effects:
+        if isinstance(want, WantSubstitution):
+            state = path_substitution(self.services, want.path, want.repair, want.ca, self.ctx.keep_going)
+        else:
+            state = drv_output_substitution(self.services, want.drv_output, want.repair, self.ctx.keep_going)
+        match state.handle(Wake()):
             case [Finished(thrown=False, exit_code=code)]:
                 pending.append(WaiteeDone(exit_code=code))
                 return True

@@ -24,6 +24,7 @@ from goalkeeper.store.derivation import CAFixed, Derivation, DerivationType
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Hash
 from goalkeeper.store.paths import StorePath
+from goalkeeper.store.realisations import DrvOutput
 from goalkeeper.store.settings import MissingExperimentalFeature
 
 from .results import BuildResult, ExitCode, FailureKind, Status
@@ -85,6 +86,15 @@ class WantSubstitution:
     path: StorePath
     repair: bool = False
     ca: ContentAddress | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WantDrvOutputSubstitution:
+    """`addWaitee(worker.makeDrvOutputSubstitutionGoal(id, repair))`: the realisation of a
+    floating content-addressed output, and its output path, from a substituter."""
+
+    drv_output: DrvOutput
+    repair: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,6 +326,7 @@ class DerivationGoalState(GoalBase):
         self.waitees = 0
         self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
         self.retry_substitution = False
+        self.retried_substitution = False
         self.need_restart = False
         self.input_paths: frozenset[StorePath] = frozenset()
         self.cur_round = 1
@@ -412,13 +423,16 @@ class DerivationGoalState(GoalBase):
             return
 
         if self.ctx.use_substitutes and self.ctx.substitutes_allowed(drv):
-            for status in self.initial_outputs.values():
+            for name, status in self.initial_outputs.items():
                 if not status.wanted:
                     continue
                 if status.known is None:
-                    # seed: warn("do not know how to query for unknown floating CA output yet")
-                    self.gave_up_on_substitution()
-                    return
+                    # Nix 2.8 (the seed only warned "do not know how to query for unknown
+                    # floating CA output yet" and built): substitute the output's realisation
+                    self._add_waitee(WantDrvOutputSubstitution(
+                        drv_output=DrvOutput(status.output_hash, name),
+                        repair=self.build_mode is BuildMode.Repair))
+                    continue
                 self._add_waitee(WantSubstitution(
                     path=status.known.path,
                     repair=self.build_mode is BuildMode.Repair,
@@ -529,7 +543,10 @@ class DerivationGoalState(GoalBase):
                 f"{self.nr_failed} dependencies of derivation '{self.ctx.printed_drv_path}' failed to build",
             )
             return
-        if self.retry_substitution:
+        if self.retry_substitution and not self.retried_substitution:
+            # once only (Nix 2.8's retriedSubstitution; the seed retried for as long as the
+            # closure stayed incomplete, forever when a cache lacks a path for good)
+            self.retried_substitution = True
             self.have_derivation()
             return
         dtype = drv.type()

@@ -25,7 +25,7 @@ from goalkeeper.store.locks import PathLocks
 from goalkeeper.store.nar import delete_path, hash_path
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StorePath
-from goalkeeper.store.realisations import DrvOutput
+from goalkeeper.store.realisations import DrvOutput, Realisation
 from goalkeeper.store.settings import Settings
 from goalkeeper.store.signatures import path_info_is_untrusted, public_keys
 
@@ -64,10 +64,13 @@ class StoreReader:
         return self.run(lambda s: s.compute_fs_closure(paths))
 
     def query_realisation(self, output_hash: Hash, output_name: str) -> StorePath | None:
+        real = self.query_realisation_info(DrvOutput(output_hash, output_name))
+        return None if real is None else real.out_path
+
+    def query_realisation_info(self, id: DrvOutput) -> Realisation | None:
         if not self.store.layout.ca_derivations:
             return None
-        real = self.run(lambda s: s.query_realisation(DrvOutput(output_hash, output_name)))
-        return None if real is None else real.out_path
+        return self.run(lambda s: s.query_realisation(id))
 
     def mark_contents_good(self, path: StorePath) -> None:
         self._contents_good[path] = True
@@ -242,4 +245,7 @@ class LocalSubstitutionContext:
 
     def mark_contents_good(self, path: StorePath) -> None:
         self.reader.mark_contents_good(path)
+
+    def query_realisation(self, id: DrvOutput) -> Realisation | None:
+        return self.reader.query_realisation_info(id)
 

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from goalkeeper.store.paths import StoreDir, StorePath
+from goalkeeper.store.realisations import DrvOutput
 
 from .derivation_goal_state import (BuildMode, Finished, ResolvedFinished, Wake, WaiteeDone, WantDerivation,
-                                    WantSubstitution)
+                                    WantDrvOutputSubstitution, WantSubstitution)
 from .results import BuildResult, ExitCode, FailureFlags, FailureKind, Status
 from .worker_messages import AddWantedOutputs, Cancel, DerivedPath, Message, Progress, Realised
 
@@ -36,8 +37,8 @@ NO_BUILD_SLOTS = ("unable to start any build; either increase '--max-jobs' or en
 @dataclass(eq=False, slots=True)
 class GoalRecord:
     id: int
-    kind: str  # "drv" or "subst"
-    path: StorePath
+    kind: str  # "drv", "subst" (a path) or "drvout" (a CA derivation output's realisation)
+    path: StorePath | DrvOutput
     key: str
     keep_going: bool
     build_mode: BuildMode = BuildMode.Normal
@@ -100,6 +101,7 @@ class Scheduler:
         # build modes or keep-going (see _shared_goal)
         self.derivation_goals: dict[StorePath, list[GoalRecord]] = {}
         self.substitution_goals: dict[StorePath, list[GoalRecord]] = {}
+        self.drv_output_goals: dict[DrvOutput, list[GoalRecord]] = {}
         self.requests: dict[int, RequestRecord] = {}
         # Goals sent a Wake/WaiteeDone/ResolvedFinished they have not yet answered with
         # `goal_idle`: Nix runs every awake goal before it starts the next build, so with
@@ -218,11 +220,22 @@ class Scheduler:
             return goal
         return self._new_goal("subst", path, keep_going, requests, (repair, ca), mode, settings)
 
-    def _new_goal(self, kind: str, path: StorePath, keep_going: bool, requests: frozenset[int],
+    def _drv_output_goal(self, id: DrvOutput, repair: bool, keep_going, requests, settings) -> GoalRecord:
+        mode = BuildMode.Repair if repair else BuildMode.Normal
+        goal = self._shared_goal(self.drv_output_goals.get(id, []), mode, keep_going, requests, settings)
+        if goal is not None:
+            self._add_requests(goal, requests)
+            return goal
+        return self._new_goal("drvout", id, keep_going, requests, repair, mode, settings)
+
+    def _new_goal(self, kind: str, path: StorePath | DrvOutput, keep_going: bool, requests: frozenset[int],
                   params, build_mode: BuildMode, settings=None, asked: frozenset[str] = frozenset()) -> GoalRecord:
         # key(): "a$" (substitutions) sorts before "b$" (derivations), then by name and path
-        prefix, table = ("b", self.derivation_goals) if kind == "drv" else ("a", self.substitution_goals)
-        key = f"{prefix}${path.name}${self.store_dir.print(path)}"
+        table = self._table(kind)
+        if kind == "drvout":
+            key = f"a${path}"
+        else:
+            key = f"{'b' if kind == 'drv' else 'a'}${path.name}${self.store_dir.print(path)}"
         goal = GoalRecord(next(self._ids), kind, path, key, keep_going, build_mode, asked, settings,
                           requests=requests)
         self.goals[goal.id] = goal
@@ -244,13 +257,21 @@ class Scheduler:
             g.requests = g.requests | requests
             todo.extend(self.goals[w] for w in g.waitees if w in self.goals)
 
-    def add_waitee(self, waiter_id: int, want: WantDerivation | WantSubstitution, resolved: bool) -> None:
+    def _table(self, kind: str) -> dict:
+        return {"drv": self.derivation_goals, "subst": self.substitution_goals,
+                "drvout": self.drv_output_goals}[kind]
+
+    def add_waitee(self, waiter_id: int, want: WantDerivation | WantSubstitution | WantDrvOutputSubstitution,
+                   resolved: bool) -> None:
         waiter = self.goals.get(waiter_id)
         if waiter is None:
             return  # cancelled while the message was on its way
         if isinstance(want, WantDerivation):
             goal = self._derivation_goal(want.drv_path, want.wanted_outputs, want.build_mode, waiter.keep_going,
                                          waiter.requests, waiter.settings)
+        elif isinstance(want, WantDrvOutputSubstitution):
+            goal = self._drv_output_goal(want.drv_output, want.repair, waiter.keep_going, waiter.requests,
+                                         waiter.settings)
         else:
             goal = self._substitution_goal(want.path, want.repair, want.ca, waiter.keep_going, waiter.requests,
                                            waiter.settings)
@@ -368,7 +389,7 @@ class Scheduler:
         self.busy.pop(goal.id, None)
         if goal.kind == "drv":
             self.expected_builds -= 1
-        table = self.derivation_goals if goal.kind == "drv" else self.substitution_goals
+        table = self._table(goal.kind)
         goals = table.get(goal.path, [])
         if goal in goals:
             goals.remove(goal)

@@ -16,11 +16,14 @@ import pykka
 from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.paths import StorePath
+from goalkeeper.store.realisations import DrvOutput
 
 from .derivation_goal_state import (Finished, PrintError, ResolvedFinished, Wake, WaiteeDone, WaitForBuildSlot,
-                                    WakeUp, WantSubstitution)
+                                    WakeUp, WantDrvOutputSubstitution, WantSubstitution)
+from .drv_output_substitution_goal_state import DrvOutputSubstitutionGoalState, RegisterRealisation
 from .goal_context import LocalSubstitutionContext
 from .results import BuildResult, ExitCode, Status
+from .store_messages import RegisterDrvOutput
 from .substitution_goal_state import RunSubstitution, SubstitutionFinished, SubstitutionGoalState, Warn
 from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, ReleaseBuildSlot,
@@ -32,16 +35,32 @@ logger = logging.getLogger(__name__)
 _ACTIVATIONS = (Wake, WaiteeDone, ResolvedFinished)
 
 
+def path_substitution(services: GoalServices, path: StorePath, repair: bool, ca: ContentAddress | None,
+                      keep_going: bool) -> SubstitutionGoalState:
+    """`makePathSubstitutionGoal`'s state machine."""
+    ctx = LocalSubstitutionContext(services.reader, services.settings, services.substituters,
+                                   keep_going=keep_going, public_keys=services.public_keys)
+    return SubstitutionGoalState(path, repair, ca, ctx)
+
+
+def drv_output_substitution(services: GoalServices, id: DrvOutput, repair: bool,
+                            keep_going: bool) -> DrvOutputSubstitutionGoalState:
+    """`makeDrvOutputSubstitutionGoal`'s state machine."""
+    ctx = LocalSubstitutionContext(services.reader, services.settings, services.substituters,
+                                   keep_going=keep_going, public_keys=services.public_keys)
+    return DrvOutputSubstitutionGoalState(id, repair, ctx)
+
+
 class SubstitutionGoalActor(pykka.ThreadingActor):
-    def __init__(self, goal_id: int, path: StorePath, repair: bool, ca: ContentAddress | None, keep_going: bool,
+    """Either substitution goal: of a store path, or of a CA derivation output's realisation."""
+
+    def __init__(self, goal_id: int, state: SubstitutionGoalState | DrvOutputSubstitutionGoalState,
                  services: GoalServices, worker_ref: pykka.ActorRef):
         super().__init__()
         self.goal_id = goal_id
         self.services = services
         self.worker_ref = worker_ref
-        ctx = LocalSubstitutionContext(services.reader, services.settings, services.substituters,
-                                       keep_going=keep_going, public_keys=services.public_keys)
-        self.state = SubstitutionGoalState(path, repair, ca, ctx)
+        self.state = state
         self._cancelled = False
 
     def _tell_worker(self, message: object) -> None:
@@ -72,8 +91,17 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
         while pending:
             for effect in self.state.handle(pending.pop(0)):
                 match effect:
-                    case WantSubstitution():
+                    case WantSubstitution() | WantDrvOutputSubstitution():
                         self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
+                    case RegisterRealisation(realisation=realisation):
+                        try:
+                            self.services.store_ref.ask(RegisterDrvOutput(realisation=realisation))
+                        except StoreError as err:  # registerDrvOutput threw: as a thrown Error in Nix
+                            result = BuildResult(status=Status.MiscFailure, error_msg=str(err))
+                            self._tell_worker(GoalFinished(goal=self.goal_id, finished=Finished(
+                                exit_code=ExitCode.FAILED, result=result, thrown=True)))
+                            self.stop()
+                            return
                     case WakeUp():
                         self._tell_worker(RequestWake(goal=self.goal_id))
                     case WaitForBuildSlot():

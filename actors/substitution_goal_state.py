@@ -20,6 +20,7 @@ from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StoreDir, StorePath
+from goalkeeper.store.realisations import DrvOutput, Realisation
 
 from .derivation_goal_state import (Finished, GoalBase, PrintError, Wake, WaiteeDone, WaitForBuildSlot, WakeUp,
                                     WantSubstitution)
@@ -38,6 +39,9 @@ class Substituter(Protocol):
 
     def copy_path(self, path: StorePath, info: ValidPathInfo, repair: bool, check_sigs: bool) -> None:
         """`copyStorePath` into the local store; raises StoreError (SubstituteGone if it vanished)."""
+
+    def query_realisation(self, id: DrvOutput) -> Realisation | None:
+        """The substituter's realisation of a CA derivation output, or None."""
 
 
 class SubstituteGone(StoreError):

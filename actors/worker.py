@@ -66,7 +66,7 @@ class WorkerActor(pykka.ThreadingActor):
     def _start_goal(self, goal: GoalRecord, params) -> pykka.ActorRef:
         # Imported here: the goal modules import this one for GoalServices.
         from .derivation_goal import DerivationGoalActor
-        from .substitution_goal import SubstitutionGoalActor
+        from .substitution_goal import SubstitutionGoalActor, drv_output_substitution, path_substitution
 
         services = self.services
         if goal.settings is not None:  # a caller's own settings (a daemon client's SetOptions)
@@ -75,9 +75,12 @@ class WorkerActor(pykka.ThreadingActor):
             wanted, build_mode = params
             return DerivationGoalActor.start(goal.id, goal.path, wanted, build_mode, goal.keep_going,
                                              services, self.actor_ref)
-        repair, ca = params
-        return SubstitutionGoalActor.start(goal.id, goal.path, repair, ca, goal.keep_going,
-                                           services, self.actor_ref)
+        if goal.kind == "drvout":
+            state = drv_output_substitution(services, goal.path, params, goal.keep_going)
+        else:
+            repair, ca = params
+            state = path_substitution(services, goal.path, repair, ca, goal.keep_going)
+        return SubstitutionGoalActor.start(goal.id, state, services, self.actor_ref)
 
     @staticmethod
     def _send(goal: GoalRecord, message: object) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from goalkeeper.store.paths import StorePath
 
-from .derivation_goal_state import BuildMode, Finished, WantDerivation, WantSubstitution
+from .derivation_goal_state import BuildMode, Finished, WantDerivation, WantDrvOutputSubstitution, WantSubstitution
 from .results import BuildResult
 
 
@@ -56,7 +56,7 @@ class AddWaitee:
     derivation of the waiter, answered with `ResolvedFinished` instead of `WaiteeDone`."""
 
     waiter: int
-    want: WantDerivation | WantSubstitution
+    want: WantDerivation | WantSubstitution | WantDrvOutputSubstitution
     resolved: bool = False
 
 

@@ -7,8 +7,9 @@ import pytest
 from goalkeeper.actors.derivation_goal_state import (
     BuildExited, BuildKilled, BuildMode, BuildSetupFailed, BuildStarted, DerivationGoalState, Finished,
     OutputsRegistered, PostBuildHookFinished, PrintError, ResolvedFinished, RunPostBuildHook, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
-    WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantSubstitution,
+    WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantDrvOutputSubstitution, WantSubstitution,
 )
+from goalkeeper.store.realisations import DrvOutput
 from goalkeeper.actors.results import ExitCode, FailureKind, Status
 from goalkeeper.store.derivation import CAFixed, CAFloating, Derivation, InputAddressed
 from goalkeeper.store.hashes import hash_bytes
@@ -224,6 +225,29 @@ def test_ca_resolution_requested():
     assert g.handle(Wake()) == [] and g.finished is None  # a stray wake-up while resolving
     done = finished(g.handle(ResolvedFinished(exit_code=ExitCode.SUCCESS)))
     assert done.result.status is Status.Built and kinds(g.handle(Wake())) == []
+
+
+def test_floating_output_substitutes_its_realisation():
+    """Nix 2.8's haveDerivation: an output with no known path asks for its realisation."""
+    drv = make_drv(outputs={"out": CAFloating("recursive", "sha256")})
+    ctx = FakeContext(drv, valid={DRV}, ca_derivations=True)
+    g = goal(ctx)
+    assert g.handle(Wake()) == [WantDrvOutputSubstitution(drv_output=DrvOutput(hash_bytes("sha256", b"out"), "out"))]
+    ctx.realisations["out"] = OUT  # the substitution goal registered it
+    ctx.valid.add(OUT)
+    assert finished(g.handle(WaiteeDone(exit_code=ExitCode.SUCCESS))).result.status is Status.Substituted
+
+
+def test_incomplete_closure_retries_substitution_once():
+    """After the inputs, haveDerivation runs again once (retriedSubstitution); then it builds."""
+    drv = make_drv(outputs={"out": CAFloating("recursive", "sha256")}, input_drvs={DEP_DRV: frozenset({"out"})})
+    ctx = FakeContext(drv, valid={DRV}, ca_derivations=True)
+    g = goal(ctx)
+    g.handle(Wake())
+    assert kinds(g.handle(WaiteeDone(exit_code=ExitCode.INCOMPLETE_CLOSURE))) == [WantDerivation]
+    assert kinds(g.handle(WaiteeDone(exit_code=ExitCode.SUCCESS))) == [WantDrvOutputSubstitution]
+    assert kinds(g.handle(WaiteeDone(exit_code=ExitCode.INCOMPLETE_CLOSURE))) == [WantDerivation]
+    assert g.handle(WaiteeDone(exit_code=ExitCode.SUCCESS)) == [ResolveAndBuild(drv_path=DRV)]
 
 
 def test_ca_floating_needs_feature():
