@@ -198,6 +198,7 @@ class RestrictedStoreIO(LocalStoreIO):
     def __init__(self, store: RestrictedStore, services, say: Callable[[str], None] | None = None):
         super().__init__(store)
         self.next = store.next
+        self._next_io = LocalStoreIO(store.next)  # additions go to the real store, then become dependencies
         self._services = services
         self._say = say
         self._worker_ref: pykka.ActorRef | None = None
@@ -205,11 +206,11 @@ class RestrictedStoreIO(LocalStoreIO):
         self._closed = False
 
     def import_nar(self, info, source, *, repair: bool = False) -> None:
-        LocalStoreIO(self.next).import_nar(info, source, repair=repair)
+        self._next_io.import_nar(info, source, repair=repair)
         self.store.add_dependency(info.path)
 
     def add_from_dump(self, name, method, algo, source, references, repair: bool = False) -> StorePath:
-        path = LocalStoreIO(self.next).add_from_dump(name, method, algo, source, references, repair)
+        path = self._next_io.add_from_dump(name, method, algo, source, references, repair)
         self.store.add_dependency(path)
         return path
 

@@ -109,7 +109,6 @@ def add_to_store_nar(conn, r: WireReader) -> None:
     if not conn.trusted:
         dont_check_sigs = False
         info = info.replace(ultimate=False)
-    store = conn.store
     if version.has_framed_nar(conn.minor):
         conn.start_work()
         source = FramedSource(r)

@@ -28,7 +28,7 @@ from goalkeeper.store import nar
 from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.hashes import hash_bytes
 from goalkeeper.store.path_info import ValidPathInfo
-from goalkeeper.store.store_config import DaemonStoreConfig, parse_store_uri
+from goalkeeper.store.store_config import DaemonStoreConfig
 
 pytestmark = pytest.mark.timeout(120)
 
