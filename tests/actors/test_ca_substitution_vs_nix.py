@@ -43,7 +43,7 @@ OPTS = ["--option", "build-users-group", "", "--option", "sandbox-paths", "/bin 
 
 @pytest.fixture(scope="module")
 def ca_cache(tmp_path_factory):
-    """(cache dir, public key, the nix file)."""
+    """(cache dir, public key, the nix file, the store that built b, b's drv path)."""
     if shutil.which("nix") is None:
         pytest.skip("real Nix is not installed")
     root = tmp_path_factory.mktemp("cacache")
@@ -61,7 +61,7 @@ def ca_cache(tmp_path_factory):
     nix("nix-store", "--store", st, *OPTS, "--option", "substituters", "", "-r", drv)
     nix("nix", "copy", "--store", st, *OPTS, "--to", f"file://{root}/cache?secret-key={root}/sk", drv)
     assert len(list((root / "cache" / "realisations").iterdir())) == 2
-    return root / "cache", (root / "pk").read_text().strip(), nix_file
+    return root / "cache", (root / "pk").read_text().strip(), nix_file, st, drv
 
 
 def db_rows(store_root: Path) -> list[tuple]:
@@ -82,7 +82,7 @@ def db_rows(store_root: Path) -> list[tuple]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("cache_has", ["everything", "no-output-narinfo"])
 def test_realisations_substituted_like_nix(ca_cache, tmp_path, gk, run_nix, cache_has) -> None:
-    cache, pk, nix_file = ca_cache
+    cache, pk, nix_file, _, _ = ca_cache
     if cache_has == "no-output-narinfo":
         copy = tmp_path / "cache"
         shutil.copytree(cache, copy)
@@ -105,3 +105,30 @@ def test_realisations_substituted_like_nix(ca_cache, tmp_path, gk, run_nix, cach
     assert rows == db_rows(nix_root)
     realised = [r for r in rows if len(r) == 4 and str(r[2]).startswith("/nix/store/")]
     assert len(realised) == (2 if cache_has == "everything" else 1)  # never b's without its path
+
+
+@pytest.mark.timeout(120)
+def test_goalkeeper_copy_of_a_derivation_is_substituted_by_nix(ca_cache, tmp_path, gk, run_nix) -> None:
+    """`goalkeeper copy DRV` writes what `nix copy DRV` wrote (outputs and realisations), and real
+    Nix substitutes the CA derivation from it without building."""
+    nix_cache, pk, nix_file, st, drv = ca_cache
+    ours = tmp_path / "gkcache"
+    result = gk("--store", st, *OPTS, "copy", "--to", f"file://{ours}", "--sign", nix_cache.parent / "sk", drv)
+    assert result.status == 0, result.stderr.decode()
+    files = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(nix_cache) for p in nix_cache.rglob("*") if p.is_file())
+    for doi in (nix_cache / "realisations").iterdir():
+        assert (ours / "realisations" / doi.name).read_bytes() == doi.read_bytes()
+    env = {"PATH": "/usr/bin:/bin", "NIX_USER_CONF_FILES": "", "HOME": str(tmp_path)}
+    root = tmp_path / "nix"
+    drv_here = run_nix("nix-instantiate", "--store", root, *OPTS, nix_file, "-A", "b", env=env).stdout.decode().strip()
+    subst = ["--option", "substituters", f"file://{ours}", "--option", "trusted-public-keys", pk,
+             "--option", "max-jobs", "0"]
+    proc = run_nix("nix-store", "--store", root, *OPTS, *subst, "-r", drv_here, env=env)
+    assert proc.stdout.decode().strip().endswith("-ca-b")
+    import json
+
+    docs = [json.loads(doi.read_text()) for doi in (ours / "realisations").iterdir()]
+    expected = sorted((d["id"].split("!")[0], "/nix/store/" + d["outPath"]) for d in docs)
+    assert sorted((r[0], r[2]) for r in db_rows(root) if len(r) == 4 and str(r[2]).startswith("/nix/store/")) \
+        == expected
