@@ -44,6 +44,7 @@ from goalkeeper.store.paths import StorePath, output_path_name
 from goalkeeper.store.references import rewrite_strings
 from goalkeeper.store.settings import SandboxMode, Settings
 
+from .deferred_delete import discard, drain
 from .derivation_goal_state import BuildMode, KnownOutput
 
 if TYPE_CHECKING:
@@ -178,14 +179,21 @@ def delete_build_dir(plan: BuildPlan, *, keep: bool) -> str | None:
     Returns:
         Nix's note naming the kept directory, or None if it was deleted.
     """
+    # Both names are free at once; the trees are deleted off the goal's thread.
     if plan.chroot_root is not None:
-        delete_path(plan.chroot_root)
+        discard(plan.chroot_root)
     # Nix never keeps a builtin's directory: it may hold privileged things (netrc).
     if keep and not plan.builtin:
         os.chmod(plan.build_dir, 0o755)
         return f"note: keeping build directory '{plan.build_dir}'"
-    delete_path(plan.build_dir)
+    discard(plan.build_dir)
     return None
+
+
+def wait_for_cleanup() -> None:
+    """Wait until every discarded build dir and chroot is deleted (for `Engine.close`):
+    after this nothing of past builds is left."""
+    drain()
 
 
 def create_temp_dir(prefix: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from goalkeeper.actors import deferred_delete
 from goalkeeper.actors.build_runner import BuildRunner
 from goalkeeper.actors.derivation_goal_state import (BuildExited, BuildMode, BuildStarted, KnownOutput,
                                                      PathStatus)
@@ -189,6 +190,30 @@ def test_build_dir_is_deleted_or_kept_with_nixs_note(env):
     assert note == f"note: keeping build directory '{plan.build_dir}'"
     assert stat.S_IMODE(os.stat(plan.build_dir).st_mode) == 0o755
     assert delete_build_dir(plan, keep=False) is None and not os.path.exists(plan.build_dir)
+    # The trees went to a trash directory beside them and were deleted in the background;
+    # once that is done, nothing of them (nor the trash directory) is left.
+    deferred_delete.drain()
+    assert os.listdir(env.tmpdir) == []
+
+
+def test_a_discarded_tree_is_deleted_or_never_lost(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "ro").mkdir(parents=True)
+    (tree / "ro" / "f").write_text("x")
+    (tree / "ro").chmod(0o500)
+    deferred_delete.discard(str(tree))
+    assert not tree.exists()
+    deferred_delete.discard(str(tmp_path / "absent"))  # nothing to do
+    deferred_delete.drain()
+    assert os.listdir(tmp_path) == []
+    # Its trash directory removed behind its back (a garbage collector): made again.
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        deferred_delete.discard(str(tmp_path / str(i)))
+        for trash in tmp_path.glob(".goalkeeper-trash-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+    deferred_delete.drain()
+    assert os.listdir(tmp_path) == []
 
 
 def test_setup_errors_carry_nixs_messages_and_leave_nothing_behind(env):
