@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from goalkeeper.store.content_address import ContentAddress
-from goalkeeper.store.derivation import CAFixed, Derivation, DerivationType
+from goalkeeper.store.derivation import BasicDerivation, CAFixed, Derivation, DerivationType
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Hash
 from goalkeeper.store.paths import StorePath
@@ -337,6 +337,26 @@ class DerivationGoalState(GoalBase):
         self.finished: Finished | None = None
         self._registered: OutputsRegistered | None = None  # while the post-build hook runs
         self._effects: list[Effect] = []
+        # Nix's useDerivation: false for a goal given its derivation in memory (its .drv
+        # need not exist): no input derivations, no resolution, no drv closure to consult
+        self.use_derivation = True
+
+    @classmethod
+    def for_basic_derivation(cls, drv_path: StorePath, drv: BasicDerivation, build_mode: BuildMode,
+                             ctx: GoalContext) -> "DerivationGoalState":
+        """The goal `Worker::makeBasicDerivationGoal` makes (`Store::buildDerivation`).
+
+        It wants every output and starts at `have_derivation` with `drv` (as a `Derivation`
+        without input derivations); the `.drv` is never read, so it need not be valid.
+        """
+        goal = cls(drv_path, frozenset(), build_mode, ctx)
+        goal.use_derivation = False
+        goal.drv = Derivation(name=drv.name, outputs=dict(drv.outputs), input_srcs=drv.input_srcs,
+                              platform=drv.platform, builder=drv.builder, args=drv.args, env=dict(drv.env))
+        goal.state = goal.have_derivation
+        # keeps the "<drv>.chroot" directory from the garbage collector (isActiveTempFile)
+        ctx.add_temp_root(drv_path)
+        return goal
 
     def key(self) -> str:
         """`DerivationGoal::key`: build in name order; "b$" sorts after substitutions ("a$")."""
@@ -510,7 +530,7 @@ class DerivationGoalState(GoalBase):
         closure = set(self.ctx.compute_fs_closure(wanted))
         closure.difference_update(p for p in outputs.values() if p is not None)
         # which derivation in our input closure produced each path
-        outputs_to_drv = self.ctx.outputs_to_drv(self.drv_path)
+        outputs_to_drv = self.ctx.outputs_to_drv(self.drv_path) if self.use_derivation else {}
         for path in sorted(closure):
             if self.ctx.path_contents_good(path):
                 continue
@@ -538,6 +558,8 @@ class DerivationGoalState(GoalBase):
         drv = self.drv
         assert drv is not None
         if self.nr_failed != 0:
+            if not self.use_derivation:
+                raise GoalError(f"some dependencies of '{self.ctx.printed_drv_path}' are missing")
             self._done(
                 Status.DependencyFailed,
                 f"{self.nr_failed} dependencies of derivation '{self.ctx.printed_drv_path}' failed to build",
@@ -550,7 +572,7 @@ class DerivationGoalState(GoalBase):
             self.have_derivation()
             return
         dtype = drv.type()
-        if self.ctx.ca_derivations and (
+        if self.use_derivation and self.ctx.ca_derivations and (
             (drv.input_drvs and dtype.is_ca) or dtype is DerivationType.DEFERRED
         ):
             self._emit(ResolveAndBuild(drv_path=self.drv_path))

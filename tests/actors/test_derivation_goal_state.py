@@ -452,3 +452,78 @@ def test_add_wanted_outputs_restarts():
 def test_key_orders_by_name():
     ctx = FakeContext(make_drv())
     assert goal(ctx).key() == f"b$foo.drv${SD.print(DRV)}"
+
+
+# -- makeBasicDerivationGoal (Store::buildDerivation) ---------------------------------------
+
+def _basic_drv(**kwargs):
+    from goalkeeper.store.derivation import BasicDerivation
+
+    drv = make_drv(**kwargs)
+    return BasicDerivation(name=drv.name, outputs=drv.outputs, input_srcs=drv.input_srcs, platform=drv.platform,
+                           builder=drv.builder, args=drv.args, env=drv.env)
+
+
+class _NoDrvFile(FakeContext):
+    def read_derivation(self, p):
+        raise AssertionError("a basic derivation goal must not read its .drv")
+
+    def outputs_to_drv(self, drv_path):
+        raise AssertionError("a basic derivation goal has no derivation closure to consult")
+
+
+def test_basic_derivation_goal_starts_at_have_derivation_and_builds():
+    ctx = _NoDrvFile(make_drv(), valid={SRC})  # the .drv itself is not valid
+    g = DerivationGoalState.for_basic_derivation(DRV, _basic_drv(input_srcs=[SRC]), BuildMode.Normal, ctx)
+    assert ctx.log == [("temproot", DRV)]
+    # haveDerivation at once: the outputs are substituted first, never the .drv
+    effects = g.handle(Wake())
+    assert effects == [WantSubstitution(path=DEV), WantSubstitution(path=OUT)] or \
+        effects == [WantSubstitution(path=OUT), WantSubstitution(path=DEV)]
+    g.handle(WaiteeDone(exit_code=ExitCode.NO_SUBSTITUTERS))
+    assert kinds(g.handle(WaiteeDone(exit_code=ExitCode.NO_SUBSTITUTERS))) == [WakeUp]
+    assert g.input_paths == frozenset({SRC}) and not g.drv.input_drvs
+    assert kinds(g.handle(Wake())) == [WakeUp]
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]
+    effects = g.handle(Wake())
+    assert kinds(effects) == [StartBuild, Started]
+    assert effects[1].message == f"building '{SD.print(DRV)}'"
+
+
+def test_basic_derivation_goal_with_valid_outputs_is_already_valid():
+    ctx = _NoDrvFile(make_drv(), valid={OUT, DEV})
+    g = DerivationGoalState.for_basic_derivation(DRV, _basic_drv(), BuildMode.Normal, ctx)
+    done = finished(g.handle(Wake()))
+    assert done.result.status is Status.AlreadyValid
+    assert done.result.built_outputs == {"out": SD.print(OUT), "dev": SD.print(DEV)}
+
+
+def test_basic_derivation_goal_with_a_missing_source_throws():
+    # inputsRealised without useDerivation: an Error thrown, not DependencyFailed
+    ctx = _NoDrvFile(make_drv(), use_substitutes=True)
+    g = DerivationGoalState.for_basic_derivation(DRV, _basic_drv(input_srcs=[SRC]), BuildMode.Normal, ctx)
+    g.handle(Wake())
+    g.handle(WaiteeDone(exit_code=ExitCode.NO_SUBSTITUTERS))
+    assert g.handle(WaiteeDone(exit_code=ExitCode.NO_SUBSTITUTERS)) == [WantSubstitution(path=SRC)]
+    done = finished(g.handle(WaiteeDone(exit_code=ExitCode.NO_SUBSTITUTERS)))
+    assert done.thrown and done.result.status is Status.MiscFailure
+    assert done.result.error_msg == f"some dependencies of '{SD.print(DRV)}' are missing"
+
+
+def test_basic_derivation_goal_repairs_without_a_derivation_closure():
+    ctx = _NoDrvFile(make_drv(), valid={OUT, DEV, SRC}, closure={OUT: [SRC]}, corrupt={SRC})
+    g = DerivationGoalState.for_basic_derivation(DRV, _basic_drv(), BuildMode.Repair, ctx)
+    g.handle(Wake())  # substitution of the outputs (repair)
+    g.handle(WaiteeDone(exit_code=ExitCode.SUCCESS))
+    effects = g.handle(WaiteeDone(exit_code=ExitCode.SUCCESS))
+    # no producer is known: the corrupt path is substituted with repair
+    assert effects[-1] == WantSubstitution(path=SRC, repair=True)
+
+
+def test_basic_deferred_derivation_is_not_resolved():
+    from goalkeeper.store.derivation import Deferred
+
+    outputs = {"out": Deferred()}
+    ctx = _NoDrvFile(make_drv(outputs=outputs), ca_derivations=True, use_substitutes=False)
+    g = DerivationGoalState.for_basic_derivation(DRV, _basic_drv(outputs=outputs), BuildMode.Normal, ctx)
+    assert kinds(g.handle(Wake())) == [WakeUp]  # straight to tryToBuild, no ResolveAndBuild
