@@ -17,7 +17,7 @@ from typing import Any
 
 import pykka
 
-from goalkeeper.store.derivation import Derivation, write_derivation
+from goalkeeper.store.derivation import BasicDerivation, Derivation, write_derivation
 from goalkeeper.store.derivation_hash import static_output_hashes, try_resolve
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.paths import StorePath
@@ -58,7 +58,10 @@ class _HookEnded:
 
 class DerivationGoalActor(pykka.ThreadingActor):
     def __init__(self, goal_id: int, drv_path: StorePath, wanted_outputs: frozenset[str], build_mode: BuildMode,
-                 keep_going: bool, services: GoalServices, worker_ref: pykka.ActorRef):
+                 keep_going: bool, services: GoalServices, worker_ref: pykka.ActorRef, *,
+                 basic_drv: BasicDerivation | None = None):
+        """`basic_drv`: the derivation given in memory (`makeBasicDerivationGoal`); None: read
+        the `.drv` from the store."""
         super().__init__()
         self.goal_id = goal_id
         self.drv_path = drv_path
@@ -67,7 +70,10 @@ class DerivationGoalActor(pykka.ThreadingActor):
         self.worker_ref = worker_ref
         self.ctx = LocalGoalContext(services.reader, services.settings, drv_path, keep_going=keep_going,
                                     on_wait=self._say)
-        self.state = DerivationGoalState(drv_path, wanted_outputs, build_mode, self.ctx)
+        if basic_drv is None:
+            self.state = DerivationGoalState(drv_path, wanted_outputs, build_mode, self.ctx)
+        else:
+            self.state = DerivationGoalState.for_basic_derivation(drv_path, basic_drv, build_mode, self.ctx)
         self.plan = None  # the running build's BuildPlan
         self.build_id: int | None = None
         self.resolved_drv_path: StorePath | None = None
@@ -192,7 +198,6 @@ class DerivationGoalActor(pykka.ThreadingActor):
     # -- the build -------------------------------------------------------------------------
 
     def _start_build(self, pending: list) -> None:
-        from .build_runner import derivation_goal_name
         from .start_builder import BuildSetupError, start_builder
 
         state = self.state
@@ -214,9 +219,18 @@ class DerivationGoalActor(pykka.ThreadingActor):
             return
         self.build_id = self.services.runner.run_build(
             drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
-            reply=self.actor_ref.tell, goal_name=derivation_goal_name(self.ctx.printed_drv_path, self.initial_wanted))
+            reply=self.actor_ref.tell, goal_name=self._goal_name())
         if self.recursive is not None:
             self.recursive.build_id = self.build_id
+
+    def _goal_name(self) -> str:
+        """`getName()`; a goal given its derivation in memory names all its outputs."""
+        from .build_runner import derivation_goal_name
+
+        if self.state.use_derivation:
+            return derivation_goal_name(self.ctx.printed_drv_path, self.initial_wanted)
+        outputs = ",".join(sorted(self.state.drv.outputs))
+        return f"building of '{self.ctx.printed_drv_path}!{outputs}' from in-memory derivation"
 
     def _run_hook(self, job, reply) -> None:
         """Run a hook on the hook pool; its end comes back to this actor as a message."""
