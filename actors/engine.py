@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pykka
 
+from goalkeeper.store.derivation import BasicDerivation
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.paths import StorePath
 from goalkeeper.store.settings import Settings
@@ -28,11 +29,12 @@ from goalkeeper.store.settings import Settings
 from .derivation_goal_state import BuildMode
 from .goal_context import StoreReader, engine_public_keys
 from .query_missing import Missing, query_missing
+from .results import BuildResult, Status
 from .store_actor import start_store_actor
 from .worker import GoalServices, WorkerActor, stop_worker
-from .worker_messages import BuildLogLine, DerivedPath, Realise, Realised
+from .worker_messages import BuildDerivation, BuildLogLine, DerivedPath, Realise, Realised
 
-__all__ = ["Engine", "DerivedPath", "Realised", "Missing", "BuildMode"]
+__all__ = ["Engine", "DerivedPath", "Realised", "Missing", "BuildMode", "BuildResult"]
 
 
 class Engine:
@@ -89,16 +91,45 @@ class Engine:
         callers only if they pass the same Settings object. The build runner's limits
         (timeout, max-silent-time, log size) and max-jobs stay the engine's.
         """
-        if self._closed:
-            raise RuntimeError("the engine is closed")
         if keep_going is None:
             keep_going = bool((settings or self.settings).get("keep-going"))
+        return self._ask_worker(lambda done: Realise(
+            targets=tuple(targets), build_mode=build_mode, keep_going=keep_going, observer=observer, done=done,
+            settings=settings))
+
+    def build_derivation(self, drv_path: StorePath, drv: BasicDerivation, *,
+                         build_mode: BuildMode = BuildMode.Normal,
+                         observer: Callable[[object], None] | None = None,
+                         settings: Settings | None = None) -> BuildResult:
+        """`Store::buildDerivation`: build `drv`, given in memory, as `drv_path` (whose `.drv`
+        need not exist); every output is wanted, its input sources must be valid or
+        substitutable. For input-addressed outputs the paths in `drv` are used.
+
+        The goal is this call's alone (Nix runs a Worker per call), so a build of the same
+        path by another caller is not shared, only serialised by the output locks.
+
+        Returns the goal's `BuildResult`; an error thrown out of the worker (Nix's
+        `buildDerivation` catches it) is a MiscFailure whose `error_msg` is the whole
+        error text, ``error: …``, as Nix's `e.msg()`.
+        """
+        keep_going = bool((settings or self.settings).get("keep-going"))
+        realised = self._ask_worker(lambda done: BuildDerivation(
+            drv_path=drv_path, drv=drv, build_mode=build_mode, keep_going=keep_going,
+            observer=observer, done=done, settings=settings))
+        result = realised.results.get(DerivedPath(drv_path, frozenset()))
+        if result is not None:
+            return result
+        return BuildResult(status=Status.MiscFailure, error_msg=f"error: {realised.error}")
+
+    def _ask_worker(self, make_request: Callable[[Future], object]) -> Realised:
+        """Send the worker a request made with its `done` future and wait for the `Realised`."""
+        if self._closed:
+            raise RuntimeError("the engine is closed")
         done: Future = Future()
         with self._pending_lock:
             self._pending.add(done)
         try:
-            self._worker_ref.tell(Realise(targets=tuple(targets), build_mode=build_mode, keep_going=keep_going,
-                                          observer=observer, done=done, settings=settings))
+            self._worker_ref.tell(make_request(done))
             return done.result()
         except pykka.ActorDeadError:
             raise RuntimeError("the build engine has stopped") from None

@@ -46,6 +46,9 @@ class GoalRecord:
     # asked for while its GoalFinished was already on its way (see goal_finished)
     asked: frozenset[str] = frozenset()
     settings: Any = None  # its requests' settings (None: the engine's)
+    # the BasicDerivation of a goal given its derivation in memory (buildDerivation); such a
+    # goal is its caller's alone, as Nix makes a Worker per buildDerivation call
+    basic_drv: Any = None
     ref: Any = None
     waiters: list[tuple[int, bool]] = field(default_factory=list)  # (waiter id, resolved)
     waitees: set[int] = field(default_factory=set)
@@ -134,6 +137,19 @@ class Scheduler:
         if not request.top:
             self._finish_request(request)
 
+    def build_derivation(self, drv_path: StorePath, drv, build_mode: BuildMode, keep_going: bool, observer,
+                         on_done, settings=None) -> None:
+        """`Store::buildDerivation`: a request whose one top goal builds `drv` held in memory
+        (`makeBasicDerivationGoal`, every output wanted). The goal is never shared: no
+        other request finds it, and it finds none (Nix's call has a Worker of its own)."""
+        target = DerivedPath(drv_path, frozenset())
+        request = RequestRecord(next(self._ids), (target,), build_mode, keep_going, observer, on_done, settings)
+        self.requests[request.id] = request
+        goal = self._new_goal("drv", drv_path, keep_going, frozenset({request.id}), (frozenset(), build_mode),
+                              build_mode, settings, basic_drv=drv)
+        goal.top_of.add(request.id)
+        request.top.append((target, goal))
+
     def _finish_request(self, request: RequestRecord) -> None:
         """The end of `Store::buildPaths`: results, the error it would throw, the exit status."""
         if self.requests.pop(request.id, None) is None:
@@ -202,8 +218,8 @@ class Scheduler:
     def _derivation_goal(self, drv_path: StorePath, outputs, build_mode, keep_going, requests,
                          settings) -> GoalRecord:
         outputs = frozenset(outputs or ())
-        goal = self._shared_goal(self.derivation_goals.get(drv_path, []), build_mode, keep_going, requests,
-                                 settings)
+        goals = [g for g in self.derivation_goals.get(drv_path, []) if g.basic_drv is None]
+        goal = self._shared_goal(goals, build_mode, keep_going, requests, settings)
         if goal is not None:
             goal.asked = frozenset() if not outputs or not goal.asked else goal.asked | outputs
             self._send(goal, AddWantedOutputs(outputs=outputs))
@@ -229,7 +245,8 @@ class Scheduler:
         return self._new_goal("drvout", id, keep_going, requests, repair, mode, settings)
 
     def _new_goal(self, kind: str, path: StorePath | DrvOutput, keep_going: bool, requests: frozenset[int],
-                  params, build_mode: BuildMode, settings=None, asked: frozenset[str] = frozenset()) -> GoalRecord:
+                  params, build_mode: BuildMode, settings=None, asked: frozenset[str] = frozenset(), *,
+                  basic_drv=None) -> GoalRecord:
         # key(): "a$" (substitutions) sorts before "b$" (derivations), then by name and path
         table = self._table(kind)
         if kind == "drvout":
@@ -237,7 +254,7 @@ class Scheduler:
         else:
             key = f"{'b' if kind == 'drv' else 'a'}${path.name}${self.store_dir.print(path)}"
         goal = GoalRecord(next(self._ids), kind, path, key, keep_going, build_mode, asked, settings,
-                          requests=requests)
+                          basic_drv=basic_drv, requests=requests)
         self.goals[goal.id] = goal
         table.setdefault(path, []).append(goal)
         goal.ref = self._start_goal(goal, params)

@@ -22,8 +22,8 @@ from goalkeeper.store.settings import Settings
 
 from .goal_context import StoreReader
 from .scheduler import GoalRecord, Scheduler
-from .worker_messages import (AddWaitee, BuildLogLine, GoalFinished, GoalIdle, LogLine, Message, RequestWake,
-                              WakeGoal, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
+from .worker_messages import (AddWaitee, BuildDerivation, BuildLogLine, GoalFinished, GoalIdle, LogLine, Message,
+                              RequestWake, WakeGoal, GoalSaid, GoalStarted, Realise, ReleaseBuildSlot,
                               RequestBuildSlot, WaitAWhile)
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class WorkerActor(pykka.ThreadingActor):
         if goal.kind == "drv":
             wanted, build_mode = params
             return DerivationGoalActor.start(goal.id, goal.path, wanted, build_mode, goal.keep_going,
-                                             services, self.actor_ref)
+                                             services, self.actor_ref, basic_drv=goal.basic_drv)
         if goal.kind == "drvout":
             state = drv_output_substitution(services, goal.path, params, goal.keep_going)
         else:
@@ -138,6 +138,11 @@ class WorkerActor(pykka.ThreadingActor):
                     self.services.reader.forget_contents_checks()  # a new "Worker" in Nix's terms
                 s.realise(message.targets, message.build_mode, message.keep_going, message.observer,
                           message.done.set_result, message.settings)
+            case BuildDerivation():
+                if not s.requests:
+                    self.services.reader.forget_contents_checks()
+                s.build_derivation(message.drv_path, message.drv, message.build_mode, message.keep_going,
+                                   message.observer, message.done.set_result, message.settings)
             case BuildLogLine(drv_path=drv_path, line=line, is_message=is_message):
                 event = Message(text=line) if is_message else LogLine(drv_path=drv_path, line=line)
                 goals = s.derivation_goals.get(drv_path, ())

@@ -51,6 +51,20 @@ class Realise:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BuildDerivation:
+    """`Store::buildDerivation` for one caller: build `drv` (a `BasicDerivation` held in memory;
+    its `.drv` need not exist) as `drv_path`, on a goal of its own; `done` gets the `Realised`."""
+
+    drv_path: StorePath
+    drv: Any  # goalkeeper.store.derivation.BasicDerivation
+    build_mode: BuildMode
+    keep_going: bool
+    observer: Callable[[object], None] | None
+    done: Future
+    settings: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AddWaitee:
     """A goal waits for another goal (made or found by the worker); `resolved`: the CA resolved
     derivation of the waiter, answered with `ResolvedFinished` instead of `WaiteeDone`."""

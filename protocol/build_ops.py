@@ -18,6 +18,7 @@ from goalkeeper.protocol.serializers import (DerivedPath, WireBuildResult, read_
                                              read_derived_paths, read_path, realisation_json,
                                              write_build_result_body)
 from goalkeeper.protocol.wire import WireReader, WireWriter
+from goalkeeper.store.derivation import Derivation, write_derivation
 from goalkeeper.store.derivation_hash import static_output_hashes
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.hashes import Base
@@ -189,11 +190,13 @@ def _wire_result(conn, target: DerivedPath, outputs: dict, result) -> WireBuildR
                            stop_time=result.stop_time, built_outputs=built)
 
 
-def _realisations(conn, target: DerivedPath, outputs: dict) -> dict[str, str]:
-    """builtOutputs: DrvOutput id (`sha256:<static hash>!<out>`) -> Realisation JSON."""
+def _realisations(conn, target: DerivedPath | Derivation, outputs: dict) -> dict[str, str]:
+    """builtOutputs: DrvOutput id (`sha256:<static hash>!<out>`) -> Realisation JSON; `target`:
+    a derivation to read from the store, or one held in memory."""
     store = conn.store
     try:
-        hashes = static_output_hashes(store.store_dir, store.read_derivation(target.path), store.read_derivation)
+        drv = target if isinstance(target, Derivation) else store.read_derivation(target.path)
+        hashes = static_output_hashes(store.store_dir, drv, store.read_derivation)
     except StoreError:
         return {}
     built = {}
@@ -221,29 +224,48 @@ def check_build_derivation_trusted(conn, drv) -> None:
 
 
 def build_derivation(conn, r: WireReader) -> None:
-    """Build a derivation the client describes. goalkeeper's engine builds derivations from the
-    store, so the `.drv` must be valid here; its outputs must match the ones sent."""
+    """Build the derivation the client describes (`Store::buildDerivation`, what ssh-ng remote
+    builds use): its `.drv` need not exist here; its input sources must be valid."""
     drv_path, drv, mode = read_build_derivation(conn, r)
     conn.start_work()
-    _check_mode_allowed(conn, mode)
+    # daemon.cc 2.8 checks no build mode here (unlike BuildPaths): an untrusted client may
+    # only send content-addressed derivations, whose outputs prove themselves
     check_build_derivation_trusted(conn, drv)
-    store = conn.store
-    if not store.is_valid_path(drv_path):
-        raise StoreError(f"cannot build derivation '{conn.store_dir.print(drv_path)}' sent by the client: "
-                         "goalkeeper's daemon builds only derivations that are valid in its store")
-    stored = store.read_derivation(drv_path)
-    sent = drv.outputs_and_opt_paths(conn.store_dir)
-    if {n: p for n, (_, p) in stored.outputs_and_opt_paths(conn.store_dir).items()} != {n: p for n, (_, p) in sent.items()}:
-        raise StoreError(f"derivation '{conn.store_dir.print(drv_path)}' sent by the client does not match the store")
-    target = DerivedPath(drv_path, frozenset())
-    realised = _realise(conn, [target], mode)
-    result = realised.results.get(conn.io.engine_path(target))
-    wire = _wire_result(conn, target, dict(result.built_outputs) if result else {}, result)
-    if result is None and realised.error:
-        wire = WireBuildResult(status=9, error_msg=realised.error)
+    if not conn.trusted:
+        # the path of an untrusted client's derivation is not taken on its word: recomputed
+        # by writing the derivation (daemon.cc)
+        drv_path = write_derivation(conn.store, as_derivation(drv))
+    events = BuildEvents(conn)
+    try:
+        result = conn.io.build_derivation(drv_path, drv, mode, observer=events,
+                                          settings=conn.daemon.client_settings(conn.options))
+    finally:
+        events.stop_all()
+    built = _realisations(conn, as_derivation(drv), result.built_outputs) if result.built_outputs else {}
+    wire = WireBuildResult(status=int(result.status), error_msg=nix_error_msg(result.error_msg),
+                           times_built=result.times_built, is_non_deterministic=result.is_non_deterministic,
+                           start_time=result.start_time, stop_time=result.stop_time, built_outputs=built)
     w = WireWriter()
     write_build_result_body(w, wire, conn.minor)
     conn.finish(w)
+
+
+def as_derivation(drv) -> Derivation:
+    """A `BasicDerivation` as the `Derivation` without input derivations it stands for."""
+    return Derivation(name=drv.name, outputs=dict(drv.outputs), input_srcs=drv.input_srcs, platform=drv.platform,
+                      builder=drv.builder, args=drv.args, env=dict(drv.env))
+
+
+def nix_error_msg(text: str) -> str:
+    """A BuildResult's errorMsg as nix-daemon sends it: `done()` stores the message after
+    `normaltxt` (ESC "[0m" first); an error thrown out of the worker is its whole text, with
+    the coloured "error:" (`e.msg()`). (The colours Nix puts on the message's arguments
+    are not reproduced.)"""
+    if not text:
+        return ""
+    if text.startswith("error: "):
+        return ERROR_PREFIX + text[len("error: "):].replace("\n", "\n       ")
+    return "\x1b[0m" + text
 
 
 def ensure_path(conn, r: WireReader) -> None:

@@ -6,6 +6,8 @@ everything else through `conn.io`, an object with this interface:
 
 - ``store``: the store as the client sees it;
 - ``realise(targets, mode, *, keep_going, observer)`` -> the engine's `Realised`;
+  ``build_derivation(drv_path, basic_drv, mode, *, observer, settings)`` -> the engine's
+  `BuildResult` (`Store::buildDerivation`: the derivation held in memory);
   ``query_missing(targets)`` -> `Missing`; ``engine_path(target)`` -> the key of a
   target in `Realised.results`;
 - ``import_nar``, ``add_from_dump``: adding what the client sends;

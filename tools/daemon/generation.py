@@ -74,6 +74,13 @@ class StoreGeneration(LocalStoreIO):
         return self.engine.realise([engine_path(t) for t in targets], build_mode=BuildMode(build_mode),
                                    keep_going=keep_going, observer=observer, settings=settings)
 
+    def build_derivation(self, drv_path, drv, build_mode: int, *, observer, settings=None):
+        """`Store::buildDerivation` for a client: `drv` held in memory, its `.drv` need not exist."""
+        from goalkeeper.actors.derivation_goal_state import BuildMode
+
+        return self.engine.build_derivation(drv_path, drv, build_mode=BuildMode(build_mode), observer=observer,
+                                            settings=settings)
+
     def query_missing(self, targets):
         return self.engine.query_missing([engine_path(t) for t in targets])
 
