@@ -335,18 +335,7 @@ def _prepare_sandbox(sandbox: SandboxSpec, step: _Steps) -> None:
 def _enter_root(sandbox: SandboxSpec, step: _Steps) -> None:
     root = sandbox.root
     with step("populate"):
-        for d in sandbox.dirs:
-            os.makedirs(d.path, exist_ok=True)
-            os.chmod(d.path, d.mode)
-        for f in sandbox.files:
-            fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, f.mode)
-            try:
-                os.fchmod(fd, f.mode)  # independent of the spawner's umask
-                os.write(fd, f.contents)
-            finally:
-                os.close(fd)
-        for s in sandbox.symlinks:
-            os.symlink(s.target, s.path)
+        _populate(sandbox)
     with step("bind-root"):
         # pivot_root needs the new root to be a mount point of its own.
         _linux.mount(root, root, None, _linux.MS_BIND)
@@ -356,12 +345,14 @@ def _enter_root(sandbox: SandboxSpec, step: _Steps) -> None:
         with step("unshare-mount"):
             _linux.unshare(_linux.CLONE_NEWNS)
     with step("pivot_root"):
+        # pivot_root(2)'s own recipe: with new_root == put_old the old root is stacked on
+        # top of the new one, and detaching "." removes it -- no real-root directory to
+        # make and remove (two journaled writes to the store's filesystem).  The mounts
+        # left are Nix's, who pivots onto "real-root" and then detaches and removes it.
         os.chdir(root)
-        os.mkdir("real-root", 0)
-        _linux.pivot_root(".", "real-root")
+        _linux.pivot_root(".", ".")
+        _linux.umount2(".", _linux.MNT_DETACH)
         os.chroot(".")
-        _linux.umount2("real-root", _linux.MNT_DETACH)
-        os.rmdir("real-root")
 
 
 def _apply_mount(m, step: _Steps) -> None:
@@ -402,6 +393,44 @@ def _apply_mount(m, step: _Steps) -> None:
         raise TypeError(f"unknown mount {m!r}")
 
 
+def _populate(sandbox: SandboxSpec) -> None:
+    """The chroot's own directories, files and symlinks, each with exactly its mode.
+
+    Under umask 0, so that mkdir and open give the mode at once (no chmod each); a
+    directory that exists already (start_builder made the root and the store dir) or a
+    file that does (a pre-build hook's) is chmod'ed as before.
+    """
+    saved = os.umask(0)
+    try:
+        for d in sandbox.dirs:
+            _make_dir(d.path, d.mode)
+        for f in sandbox.files:
+            try:
+                fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, f.mode)
+            except FileExistsError:
+                fd = os.open(f.path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+                os.fchmod(fd, f.mode)
+            try:
+                os.write(fd, f.contents)
+            finally:
+                os.close(fd)
+        for s in sandbox.symlinks:
+            os.symlink(s.target, s.path)
+    finally:
+        os.umask(saved)
+
+
+def _make_dir(path: str, mode: int) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        os.chmod(path, mode)
+    except FileNotFoundError:
+        # Parents as Nix's createDirs makes them: mkdir 0777 under its umask 0022.
+        _make_dir(os.path.dirname(path), 0o755)
+        os.mkdir(path, mode)
+
+
 def _bind(source: str, target: str, *, optional: bool = False, recursive: bool = True) -> None:
     # Nix's doBind: stat() follows symlinks, so /bin -> usr/bin binds /usr/bin's contents.
     try:
@@ -410,10 +439,20 @@ def _bind(source: str, target: str, *, optional: bool = False, recursive: bool =
         if optional:
             return
         raise
+    # The stand-in for the mount point: one syscall when its parent exists (the usual case).
     if (st.st_mode & 0o170000) == 0o040000:
-        os.makedirs(target, exist_ok=True)
+        try:
+            os.mkdir(target)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(target, exist_ok=True)
     else:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        os.close(fd)
     flags = _linux.MS_BIND | (_linux.MS_REC if recursive else 0)
     _linux.mount(source, target, "", flags)
