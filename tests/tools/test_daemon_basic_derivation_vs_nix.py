@@ -14,16 +14,20 @@ or coloured ``error:`` is compared as sent.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from goalkeeper.protocol.client import RemoteStore
+from goalkeeper.protocol.errors import RemoteError
 from goalkeeper.store.derivation import BasicDerivation, Derivation
 from goalkeeper.store.paths import StoreDir
 from goalkeeper.store.store_config import DaemonStoreConfig
+from goalkeeper.tools.bench.daemon_queries import wait_for_socket
 
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(180)]
 
@@ -143,3 +147,54 @@ def test_a_missing_input_source_is_an_error_thrown_as_with_nix(answers):
     assert gk == nix
     assert nix["status"] == 9 and nix["error"].startswith("error: some dependencies of '")
     assert nix["error"].endswith("' are missing") and nix["times_built"] == 0
+
+
+# -- an untrusted client ----------------------------------------------------------------------
+
+def _start_untrusted(kind: str, top, env) -> tuple[subprocess.Popen, str]:
+    """A daemon with `trusted-users` empty, so this (root) client is untrusted."""
+    root, sock = top / kind, str(top / f"{kind}.sock")
+    options = ["--option", "build-users-group", "", "--option", "substituters", "", "--option", "sandbox-paths",
+               "/bin /lib /lib64 /usr", "--option", "trusted-users", ""]
+    env = dict(env)
+    if kind == "nix":
+        env["NIX_DAEMON_SOCKET_PATH"] = sock
+        argv = ["nix-daemon", "--store", str(root), *options]
+    else:
+        argv = [sys.executable, "-m", "goalkeeper.tools.cli", "--store", str(root), *options, "daemon", "--socket",
+                sock, "--quiet"]
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    wait_for_socket(sock, proc, timeout=20)
+    return proc, sock
+
+
+def test_an_untrusted_client_s_fixed_output_drv_is_written_and_built_as_with_nix(tmp_path):
+    """daemon.cc: only content-addressed derivations, and their path is recomputed by
+    writing the .drv; an input-addressed one is refused."""
+    if shutil.which("nix-daemon") is None:
+        pytest.skip("real Nix is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIX_")}
+    env["NIX_USER_CONF_FILES"] = ""
+    drvs = _instantiate(tmp_path, env)
+    seen = []
+    for kind in ("nix", "gk"):
+        proc, sock = _start_untrusted(kind, tmp_path, env)
+        try:
+            with RemoteStore(DaemonStoreConfig(sock), log=lambda text: None) as client:
+                drv_path, drv = drvs["fixed"]
+                result = client.build_derivation(drv_path, drv)
+                out = drv.outputs_and_opt_paths(SD)["out"][1]
+                info = client.query_path_info(out)
+                drv_valid = client.is_valid_path(drv_path)
+                with pytest.raises(RemoteError) as refused:
+                    client.build_derivation(*drvs["refs"])
+            seen.append((result.status, result.built_outputs, info.nar_hash, info.deriver, info.ca, drv_valid,
+                         type(refused.value).__name__, str(refused.value)))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert seen[1] == seen[0]
+    status, _, _, deriver, _, drv_valid, _, refusal = seen[0]
+    assert status == 0 and drv_valid and deriver == drvs["fixed"][0]
+    assert refusal == "you are not privileged to build input-addressed derivations"
