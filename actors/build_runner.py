@@ -161,7 +161,8 @@ class BuildRunner:
             raise SandboxError(f"cannot start the build spawner: {self._start_error}") from self._start_error
 
     def run_build(self, *, drv_path: StorePath, printed_drv_path: str, spec: BuildSpec,
-                  reply: Callable[[object], None], goal_name: str | None = None) -> int:
+                  reply: Callable[[object], None], goal_name: str | None = None,
+                  settings: Settings | None = None) -> int:
         """Ask for a build; thread-safe, never blocks.  Returns its build id.
 
         ``reply`` is called on the runner thread with BuildStarted or BuildSetupFailed,
@@ -171,10 +172,12 @@ class BuildRunner:
             goal_name: the goal's `getName()` for timeout messages (see
                 `derivation_goal_name`);
                 default: all outputs wanted.
+            settings: the goal's own settings (a daemon client's `timeout`, say); default:
+                the runner's.
         """
         if self._stopped:
             raise RuntimeError("the build runner is stopped")
-        s = self._settings
+        s = settings if settings is not None else self._settings
         build = _Build(
             build_id=next(self._ids), drv_path=drv_path, printed=printed_drv_path,
             name=goal_name or derivation_goal_name(printed_drv_path), spec=spec, reply=reply,

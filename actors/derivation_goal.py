@@ -219,7 +219,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
             return
         self.build_id = self.services.runner.run_build(
             drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
-            reply=self.actor_ref.tell, goal_name=self._goal_name())
+            reply=self.actor_ref.tell, goal_name=self._goal_name(), settings=self.services.settings)
         if self.recursive is not None:
             self.recursive.build_id = self.build_id
 

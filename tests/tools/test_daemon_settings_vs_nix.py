@@ -48,6 +48,26 @@ def test_client_options_reach_the_build(sides):
     assert gk == seen[0]
 
 
+SLOW = ('derivation { name = "slow"; system = "x86_64-linux"; builder = "/bin/sh"; '
+        'args = [ "-c" "while :; do :; done" ]; }')  # no coreutils in a build: no sleep
+
+
+@pytest.mark.nix
+@pytest.mark.timeout(120)
+def test_client_timeout_reaches_the_build_runner(sides):
+    """`timeout` (which Nix lets untrusted clients set) kills that client's build, in both daemons."""
+    top, pair = sides
+    (top / "slow.nix").write_text(SLOW)
+    seen = []
+    for side in pair:
+        drv = side.run("nix-instantiate", top / "slow.nix").stdout.decode().strip()
+        timed_out = side.run("nix-store", "-r", drv, "--option", "timeout", "1", check=False)
+        lines = [line for line in timed_out.stderr.decode().splitlines() if "timed out" in line]
+        seen.append((timed_out.returncode, lines))
+    assert seen[0][0] != 0 and seen[0][1]  # Nix: "... timed out after 1 seconds" (exit 1 through a daemon)
+    assert seen[1] == seen[0]
+
+
 def _options(**overrides) -> ClientOptions:
     options = ClientOptions()
     options.overrides = dict(overrides)
