@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from goalkeeper.sandbox import env as nixenv
 from goalkeeper.sandbox.layout import nix_sandbox, parse_sandbox_paths
 from goalkeeper.sandbox.seccomp import nix_policy
+from goalkeeper.sandbox.skeleton import SkeletonPool, skeleton_of, without_population
 from goalkeeper.sandbox.spec import (ADDR_NO_RANDOMIZE, PER_LINUX32, UNAME26, BuildSpec,
                                      Credentials, LaunchProfile)
 from goalkeeper.store.aterm import encode_text
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from goalkeeper.store.local import LocalStore
 
 RECURSIVE_SOCKET = ".nix-socket"  # startDaemon's socketName, in the build dir
+_skeletons = SkeletonPool()  # chroot skeletons made ahead, for every engine of this process
 _FILE_MODE = 0o644  # writeFile's 0666 under the umask 0022 every Nix process sets
 _SH_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _EXPORT_FILE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
@@ -191,9 +193,10 @@ def delete_build_dir(plan: BuildPlan, *, keep: bool) -> str | None:
 
 
 def wait_for_cleanup() -> None:
-    """Wait until every discarded build dir and chroot is deleted (for `Engine.close`):
-    after this nothing of past builds is left."""
+    """Wait until every discarded build dir and chroot is deleted, and remove the spare
+    chroot skeletons: after this nothing of past builds is left (for `Engine.close`)."""
     drain()
+    _skeletons.clear()
 
 
 def create_temp_dir(prefix: str) -> str:
@@ -423,32 +426,50 @@ def _sandbox(store, settings: Settings, drv: Derivation, parsed: ParsedDerivatio
                                   "not in allowed-impure-host-deps")
         sandbox_paths[path] = (path, True)
 
-    delete_path(chroot_root)
-    os.mkdir(chroot_root, 0o750)
-    chroot_store = chroot_root + store_dir.path
-    os.makedirs(chroot_store)
-    os.chmod(chroot_store, 0o1775)
     input_dirs: dict[str, str] = {}
+    input_files: list[tuple[str, str]] = []
     for p in sorted(input_paths):
         real = store.real_path(p)
         if stat.S_ISDIR(os.lstat(real).st_mode):
             input_dirs[store.print(p)] = real
         else:
-            _link_or_copy(real, chroot_root + store.print(p))
+            input_files.append((real, chroot_root + store.print(p)))
     # Rebuilding a path that is also a sandbox path (a dependency of /bin/sh): drop it.
     for _, out in drv.outputs_and_opt_paths(store_dir).values():
         if out is not None:
             sandbox_paths.pop(store.print(out), None)
             input_dirs.pop(store.print(out), None)
-    extra = _pre_build_hook(settings, printed, chroot_root)
-    for target, source in extra.items():
-        sandbox_paths[target] = (source, False)
-    return nix_sandbox(
-        chroot_root=chroot_root, build_dir=build_dir, store_dir=store_dir.path,
-        sandbox_paths=sandbox_paths, input_dirs=input_dirs, host_uid=os.getuid(), host_gid=os.getgid(),
-        fixed_output=not dtype.is_sandboxed,
-        kvm="kvm" in settings.system_features and os.path.exists("/dev/kvm"),
-        shm_size=settings.sandbox_dev_shm_size, build_dir_in_sandbox=build_dir_in_sandbox)
+
+    def decide():
+        return nix_sandbox(
+            chroot_root=chroot_root, build_dir=build_dir, store_dir=store_dir.path,
+            sandbox_paths=sandbox_paths, input_dirs=input_dirs, host_uid=os.getuid(),
+            host_gid=os.getgid(), fixed_output=not dtype.is_sandboxed,
+            kvm="kvm" in settings.system_features and os.path.exists("/dev/kvm"),
+            shm_size=settings.sandbox_dev_shm_size, build_dir_in_sandbox=build_dir_in_sandbox)
+
+    sandbox = decide()
+    delete_path(chroot_root)
+    hook = settings.pre_build_hook
+    if not hook:
+        # The build-independent part, made ahead (see sandbox/skeleton.py).
+        _skeletons.take(skeleton_of(sandbox, store_dir.path), chroot_root)
+        sandbox = without_population(sandbox)
+    else:
+        # A hook sees the chroot as before: the root and its store dir; the child
+        # populates the rest.
+        os.mkdir(chroot_root, 0o750)
+        chroot_store = chroot_root + store_dir.path
+        os.makedirs(chroot_store)
+        os.chmod(chroot_store, 0o1775)
+    for real, target in input_files:
+        _link_or_copy(real, target)
+    if hook:
+        extra = _pre_build_hook(settings, printed, chroot_root)
+        for target, source in extra.items():
+            sandbox_paths[target] = (source, False)
+        sandbox = decide()
+    return sandbox
 
 
 def _link_or_copy(source: str, target: str) -> None:

@@ -79,9 +79,18 @@ def _instrumented(timings: _Timings):
 
     patched = [(start_builder, "start_builder", "engine: start_builder (build dir + chroot)"),
                (start_builder, "_sandbox", "engine:   of which the chroot (_sandbox)"),
+               (start_builder._skeletons, "take", "engine:     of which its skeleton (made ahead)"),
                (register_outputs, "register_outputs", "engine: register_outputs (move out, register)"),
                (start_builder, "delete_build_dir", "engine: delete build dir + chroot")]
     originals = [(owner, name, _wrap(owner, name, timings, label)) for owner, name, label in patched]
+    timed_take = start_builder._skeletons.take
+
+    def counted_take(*args):
+        ready = timed_take(*args)
+        timings.add("engine:     skeletons made ahead (1) or in place (0)", float(ready))
+        return ready
+
+    start_builder._skeletons.take = counted_take
     spawned_at: dict[int, float] = {}
     started_at: dict[int, float] = {}
     spawn, read_events = process.Spawner.spawn, process.Spawner.read_events
@@ -113,6 +122,7 @@ def _instrumented(timings: _Timings):
         process.Spawner.spawn, process.Spawner.read_events = spawn, read_events
         for owner, name, original in originals:
             setattr(owner, name, original)
+        del start_builder._skeletons.take  # the class's again
 
 
 def profile(shapes: list[str], nodes: int, jobs: int) -> bool:

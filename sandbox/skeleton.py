@@ -1,0 +1,235 @@
+"""Chroot skeletons: the part of a chroot no build changes, made before the build asks.
+
+A sandboxed build's chroot (``<drv>.chroot``) starts with the same directories, /etc
+files, /dev symlinks and mount-point stand-ins every time; only the hard-linked inputs,
+what a pre-build hook adds and the mounts themselves belong to one build.  Creating those
+entries costs some twenty journaled metadata writes to the store's filesystem, each
+waiting its turn behind whatever else writes there -- milliseconds on the critical path
+of a chain of builds.  So the engine keeps a few skeletons made ahead, beside the
+chroots, by a background thread (`SkeletonPool`), and a build renames one into place.
+The child is then told to populate nothing (`without_population`); what the builder sees
+is the same either way: `make` creates exactly what the child's populate step would, with
+the same modes, and the stand-ins are hidden under their mounts.
+
+Runs in the engine process (it has threads); never imported by the spawner or the child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import itertools
+import os
+import threading
+from dataclasses import dataclass
+
+from goalkeeper.store.nar import delete_path
+
+from .spec import BindMount, ProcMount, SandboxSpec
+
+SPARES = 2  # skeletons kept ready per kind: -j 2 takes two at once
+IDLE_SECONDS = 5.0  # spares untouched this long are removed (nothing left behind for long)
+_DIR_MODE = 0o755  # Nix's createDirs: mkdir 0777 under its umask 0022
+
+
+@dataclass(frozen=True, slots=True)
+class Skeleton:
+    """A chroot's build-independent entries, relative to its root ("" is the root itself).
+
+    Attributes:
+        dirs: (path, mode) in creation order, missing parents made 0755 on the way.
+        files: (path, contents, mode).
+        symlinks: (link target, path).
+        stand_ins: (path, is_directory): what a bind mount is mounted on.
+    """
+
+    dirs: tuple[tuple[str, int], ...]
+    files: tuple[tuple[str, bytes, int], ...]
+    symlinks: tuple[tuple[str, str], ...]
+    stand_ins: tuple[tuple[str, bool], ...]
+
+
+def skeleton_of(sandbox: SandboxSpec, store_dir: str) -> Skeleton:
+    """What of ``sandbox``'s chroot does not depend on the build.
+
+    Stand-ins are made for the bind mounts outside the chroot's store whose source
+    exists now and that no other mount covers; the child makes the others as before.
+    """
+    root = sandbox.root
+
+    def rel(path: str) -> str:  # every path here is under root
+        return path[len(root):]
+
+    dirs = [(rel(d.path), d.mode) for d in sandbox.dirs]
+    # start_builder made the store dir before the child's populate step chmod'ed the rest.
+    store = [d for d in dirs if d[0] == store_dir]
+    dirs = store + [d for d in dirs if d[0] != store_dir]
+    binds = [m for m in sandbox.mounts if isinstance(m, BindMount)]
+    targets = [rel(m.target) for m in sandbox.mounts]
+    stand_ins = []
+    for m in binds:
+        target = rel(m.target)
+        if (m.optional or target.startswith(store_dir + "/")
+                or any(target.startswith(t + "/") for t in targets)):
+            continue
+        try:
+            is_dir = os.path.isdir(m.source)  # as the child's stat(): symlinks followed
+        except OSError:
+            continue
+        if not is_dir and not os.path.exists(m.source):
+            continue
+        stand_ins.append((target, is_dir))
+    # The fresh /proc's mount point (the child makes it otherwise).
+    stand_ins += [(rel(m.target), True) for m in sandbox.mounts if isinstance(m, ProcMount)]
+    return Skeleton(dirs=tuple(dirs),
+                    files=tuple((rel(f.path), f.contents, f.mode) for f in sandbox.files),
+                    symlinks=tuple((s.target, rel(s.path)) for s in sandbox.symlinks),
+                    stand_ins=tuple(stand_ins))
+
+
+def without_population(sandbox: SandboxSpec) -> SandboxSpec:
+    """The spec for a chroot whose skeleton is in place: the child populates nothing."""
+    return dataclasses.replace(sandbox, dirs=(), files=(), symlinks=())
+
+
+def make(skeleton: Skeleton, root: str) -> None:
+    """Create ``skeleton`` at ``root`` (which must not exist)."""
+    for path, mode in skeleton.dirs:
+        _make_dir(root + path, mode)
+    for path, contents, mode in skeleton.files:
+        fd = os.open(root + path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # whatever this process's umask
+            view = memoryview(contents)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    for target, path in skeleton.symlinks:
+        os.symlink(target, root + path)
+    for path, is_dir in skeleton.stand_ins:
+        if is_dir:
+            os.makedirs(root + path, _DIR_MODE, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(root + path), _DIR_MODE, exist_ok=True)
+            os.close(os.open(root + path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _make_dir(path: str, mode: int) -> None:
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        _make_dir(os.path.dirname(path), _DIR_MODE)
+        os.mkdir(path, mode)
+    os.chmod(path, mode)  # the umask, and the sticky bit some filesystems drop at mkdir
+
+
+class SkeletonPool:
+    """Skeletons made ahead, per directory and kind, by one background thread.
+
+    Spares live in ``<dir>/.goalkeeper-skeletons-<pid>/`` beside the chroots they become
+    (a rename never crosses a filesystem).  They are removed when unused for
+    `IDLE_SECONDS`, by `close`, and at interpreter exit.
+    """
+
+    def __init__(self, spares: int = SPARES, idle_seconds: float = IDLE_SECONDS) -> None:
+        self._spares = spares
+        self._idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ready: dict[tuple[str, Skeleton], list[str]] = {}
+        self._wanted: tuple[str, Skeleton] | None = None  # the kind to keep spares of
+        self._thread: threading.Thread | None = None
+        self._names = itertools.count()
+        self._closed = False
+        atexit.register(self.close)
+
+    def take(self, skeleton: Skeleton, root: str) -> bool:
+        """Rename a ready skeleton to ``root``, or make one there; True if it was ready."""
+        parent = os.path.dirname(root)
+        key = (parent, skeleton)
+        spare = None
+        with self._lock:
+            ready = self._ready.get(key)
+            if ready:
+                spare = ready.pop()
+            if not self._closed:
+                self._wanted = key
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="goalkeeper-skeletons",
+                                                    daemon=True)  # atexit removes its spares
+                    self._thread.start()
+                self._wake.notify()
+        if spare is not None:
+            try:
+                os.rename(spare, root)
+                return True
+            except OSError:  # removed behind our back, or root exists: as without one
+                try:
+                    delete_path(spare)
+                except OSError:
+                    pass
+        make(skeleton, root)
+        return False
+
+    def clear(self) -> None:
+        """Remove the spares not taken (and stop making them until the next `take`)."""
+        with self._lock:
+            self._wanted = None
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._remove_spares()
+
+    def close(self) -> None:
+        """`clear`, for good: later builds make their skeletons in place."""
+        with self._lock:
+            self._closed = True
+        self.clear()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                key = self._wanted
+                while key is not None and len(self._ready.get(key, ())) >= self._spares:
+                    if not self._wake.wait(self._idle_seconds):  # nobody took one
+                        self._wanted = None
+                    key = self._wanted
+                if key is None:
+                    self._thread = None
+                    break
+                name = f"{key[0]}/.goalkeeper-skeletons-{os.getpid()}/{next(self._names)}"
+            try:
+                os.makedirs(os.path.dirname(name), 0o700, exist_ok=True)
+                make(key[1], name)
+            except OSError:
+                try:
+                    delete_path(name)
+                except OSError:
+                    pass
+                with self._lock:
+                    if self._wanted == key:
+                        self._wanted = None  # cannot be made here: builds make their own
+                continue
+            with self._lock:
+                self._ready.setdefault(key, []).append(name)
+        self._remove_spares()
+
+    def _remove_spares(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return  # the thread is back at work; it removes them when it stops
+            ready, self._ready = self._ready, {}
+        for (parent, _), names in ready.items():
+            for name in names:
+                try:
+                    delete_path(name)
+                except OSError:
+                    pass  # removed behind our back
+            try:
+                os.rmdir(f"{parent}/.goalkeeper-skeletons-{os.getpid()}")
+            except OSError:
+                pass
