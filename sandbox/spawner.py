@@ -15,10 +15,11 @@ Sandboxed children are made with a raw clone(CLONE_NEWUSER|CLONE_NEWPID|...), so
 is pid 1 of its pid namespace directly and a direct child of the spawner (one process per
 build, and its wait status is the builder's).  Unsandboxed children use os.fork().
 
-Sandboxes are prepared while other builds run: whenever it has nothing else to do, the
-spawner keeps `POOL_SIZE` children cloned for the last sandboxed spec's namespaces, id maps
-and filter (``child.pool_key``), each waiting for its build's spec (and pty) on a socket
-after doing everything that does not depend on the build.  A matching build takes one, so
+Sandboxes are prepared while other builds run: whenever it has nothing else to do (no
+request waiting, no build's child still setting up), the spawner keeps `POOL_SIZE`
+children cloned for the last sandboxed spec's namespaces, id maps and filter
+(``child.pool_key``), each waiting for its build's spec (and pty) on a socket after doing
+everything that does not depend on the build.  A matching build takes one, so
 what is left between request and exec is the chroot and the exec itself.
 
 Lifetime: the spawner dies with the engine (PR_SET_PDEATHSIG(SIGTERM) plus a re-check of
@@ -353,8 +354,11 @@ class SpawnerLoop:
         self._template, self._template_key = spec, key
 
     def _wants_refill(self) -> bool:
+        # Not while a build's child is still setting up: on a small machine the clone and
+        # the new child's preparation would take the CPU that build's setup is waiting for.
         return (self._template_key is not None and self._template_key not in self._pool_broken
-                and len(self._pool) < self._pool_size)
+                and len(self._pool) < self._pool_size
+                and all(c.setup_r == -1 for c in self._children.values()))
 
     def _refill(self) -> None:
         """Clone one prepared child for the template."""
