@@ -32,9 +32,9 @@ def store_settings(local_store, tmp_path):
     store.close()
 
 
-def _drv(store, name: str, script: str, input_srcs=()) -> tuple:
+def _drv(store, name: str, script: str, input_srcs=(), outputs=("out",)) -> tuple:
     """(drv path, the Derivation with its input-addressed output paths filled in)."""
-    drv = Derivation(name=name, outputs={"out": InputAddressed(None)}, input_srcs=frozenset(input_srcs),
+    drv = Derivation(name=name, outputs={o: InputAddressed(None) for o in outputs}, input_srcs=frozenset(input_srcs),
                      platform="x86_64-linux", builder="/bin/sh",
                      args=("-c", "export PATH=/usr/bin:/bin; " + script), env={"name": name})
     drv = fill_in_outputs(store.store_dir, drv, store.read_derivation)
@@ -96,3 +96,20 @@ def test_not_shared_with_an_ordinary_goal_for_the_same_path(store_settings, tmp_
     # two goals: one built, the other waited for the output lock and found the output valid
     assert sorted(r.status.name for r in results.values()) == ["AlreadyValid", "Built"]
     assert counter.read_text() == "run\n"
+
+
+def test_its_goal_is_named_as_an_in_memory_derivation_in_timeouts(local_store, tmp_path):
+    # nix-daemon (probed): "building of '…-sl.drv!lib,out' from in-memory derivation timed
+    # out after 1 seconds" -- every output named, where a goal from a .drv says "!*"
+    settings = Settings.load(conf_dir=str(tmp_path), environ={"NIX_USER_CONF_FILES": ""}, overrides=[
+        ("sandbox", "false"), ("build-users-group", ""), ("substituters", ""), ("timeout", "1")])
+    store = LocalStore.open(parse_store_uri(local_store.uri, {}, print), settings)
+    try:
+        drv_path, drv = _drv(store, "slow", "sleep 10", outputs=("out", "lib"))
+        with Engine(store, settings) as engine:
+            result = engine.build_derivation(drv_path, _basic(drv))
+    finally:
+        store.close()
+    assert result.status is Status.TimedOut and result.times_built == 0
+    assert result.error_msg == (f"building of '{store.print(drv_path)}!lib,out' from in-memory derivation "
+                                "timed out after 1 seconds")
