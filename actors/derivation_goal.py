@@ -24,6 +24,7 @@ from goalkeeper.store.paths import StorePath
 from goalkeeper.store.realisations import DrvOutput, Realisation
 
 from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSetupFailed, DerivationGoalState,
+                                    GiveBackBuildSlot,
                                     Finished, OutputsRegistered, PostBuildHookFinished, PrintError, RegisterOutputs,
                                     RegisterResolvedRealisations, ResolveAndBuild, ResolvedFinished,
                                     RunPostBuildHook, Started,
@@ -144,6 +145,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 self._tell_worker(RequestWake(goal=self.goal_id))
             case WaitForBuildSlot():
                 self._tell_worker(RequestBuildSlot(goal=self.goal_id))
+            case GiveBackBuildSlot():
+                self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
             case WaitForAWhile(reason=reason):
                 if not self._said_waiting:  # Nix keeps one "waiting for lock" activity per goal
                     self._said_waiting = True

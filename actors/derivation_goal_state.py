@@ -110,6 +110,11 @@ class WaitForBuildSlot:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GiveBackBuildSlot:
+    """The slot the worker granted is not used after all (the output locks are taken): free it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WakeUp:
     """`worker.wakeUp(this)`: run the next state on the next turn."""
 
@@ -327,6 +332,8 @@ class DerivationGoalState(GoalBase):
         self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
         self.retry_substitution = False
         self.retried_substitution = False
+        self._slot_asked = False  # a WaitForBuildSlot is pending: the next Wake grants it
+        self._has_slot = False  # a build slot was granted and not yet used by a build
         self.need_restart = False
         self.input_paths: frozenset[StorePath] = frozenset()
         self.cur_round = 1
@@ -591,8 +598,14 @@ class DerivationGoalState(GoalBase):
     def try_to_build(self) -> None:
         drv = self.drv
         assert drv is not None
+        if self._slot_asked:  # this Wake is the worker granting the slot try_local_build asked for
+            self._slot_asked = False
+            self._has_slot = True
         lock_paths = sorted(p for p in self.ctx.known_output_paths(drv).values() if p is not None)
         if not self.ctx.try_lock_outputs(lock_paths):
+            if self._has_slot:  # Nix counts only running builds: no slot is kept while waiting for a lock
+                self._has_slot = False
+                self._emit(GiveBackBuildSlot())
             self._emit(WaitForAWhile(reason="waiting for lock on "
                                      + ", ".join(f"'{self._print(p)}'" for p in lock_paths)))
             return
@@ -607,15 +620,28 @@ class DerivationGoalState(GoalBase):
                 continue
             self.ctx.delete_invalid_output(status.known.path)
         # No build hook in goalkeeper (yet): every build is local.
+        if self._has_slot:
+            # Nix wakes up once more before tryLocalBuild; the slot is reserved for this
+            # goal, so no other goal can come first, and going on now saves a round.
+            self.try_local_build()
+            return
         self.state = self.try_local_build
         self._emit(WakeUp())
 
     def try_local_build(self) -> None:
-        """Needs a build slot: the worker wakes us with Wake once it granted one."""
-        self.state = self._start_builder
+        if self._has_slot:
+            self._start_builder()
+            return
+        # Nix 2.8's tryLocalBuild with every slot taken: give up the output locks while
+        # waiting (another process may build the outputs meanwhile) and, once the worker
+        # granted a slot, start again at tryToBuild (relock, "someone beat us to it").
+        self.ctx.unlock_outputs(delete=False)
+        self._slot_asked = True
+        self.state = self.try_to_build
         self._emit(WaitForBuildSlot())
 
     def _start_builder(self) -> None:
+        self._has_slot = False  # the build holds it now; the actor frees it when the build ends
         self.state = self._building
         self._emit(StartBuild(drv_path=self.drv_path, input_paths=self.input_paths,
                               cur_round=self.cur_round, nr_rounds=self.nr_rounds))

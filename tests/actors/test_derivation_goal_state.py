@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from goalkeeper.actors.derivation_goal_state import (
-    BuildExited, BuildKilled, BuildMode, BuildSetupFailed, BuildStarted, DerivationGoalState, Finished,
+    BuildExited, BuildKilled, BuildMode, GiveBackBuildSlot, BuildSetupFailed, BuildStarted, DerivationGoalState, Finished,
     OutputsRegistered, PostBuildHookFinished, PrintError, ResolvedFinished, RunPostBuildHook, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
     WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantDrvOutputSubstitution, WantSubstitution,
 )
@@ -263,6 +263,39 @@ def build_ready(ctx, **kw):
     g.handle(Wake())
     assert g.state == g.try_to_build
     return g
+
+
+def test_no_output_locks_held_while_waiting_for_a_slot():
+    """Nix 2.8's tryLocalBuild: unlock, wait for a slot, then tryToBuild again (relock)."""
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = build_ready(ctx)
+    assert kinds(g.handle(Wake())) == [WakeUp]  # tryToBuild locked the outputs
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]
+    assert ctx.log[-1] == ("unlock", False) and g.state == g.try_to_build
+    ctx.log.clear()
+    assert kinds(g.handle(Wake())) == [StartBuild, Started]  # the slot granted: relock and build
+    assert ctx.log[0][0] == "lock"
+
+
+def test_someone_built_it_while_we_waited_for_a_slot():
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = build_ready(ctx)
+    g.handle(Wake())
+    g.handle(Wake())
+    ctx.valid |= {OUT, DEV}
+    assert finished(g.handle(Wake())).result.status is Status.AlreadyValid  # the worker frees its slot
+
+
+def test_granted_slot_is_given_back_when_the_locks_are_taken():
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = build_ready(ctx)
+    g.handle(Wake())
+    g.handle(Wake())
+    ctx.lock_free = False
+    assert kinds(g.handle(Wake())) == [GiveBackBuildSlot, WaitForAWhile]
+    ctx.lock_free = True
+    assert kinds(g.handle(Wake())) == [WakeUp]  # no slot now: ask again
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]
 
 
 def test_lock_busy_waits():
