@@ -2,8 +2,7 @@
 
 A trusted client sends the BasicDerivation of a `.drv` that is valid in the store: both
 daemons build it and answer the same status, error and built outputs.  (A `.drv` that is
-*not* in the store Nix builds anyway, through a BasicDerivationGoal; goalkeeper's engine
-builds only derivations from its store and refuses it -- not covered here.)
+*not* in the store is built from the description alone: test_daemon_basic_derivation_vs_nix.py.)
 """
 
 from __future__ import annotations
