@@ -87,7 +87,7 @@ def _instrumented(timings: _Timings):
 
     def counted_take(*args):
         ready = timed_take(*args)
-        timings.add("engine:     skeletons made ahead (1) or in place (0)", float(ready))
+        timings.add("engine:     skeleton ready (1) or made (0)", float(ready))
         return ready
 
     start_builder._skeletons.take = counted_take
