@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -93,6 +95,33 @@ def _start(name: str, top: Path) -> DaemonSide:
                             stderr=subprocess.PIPE)
     wait_for_socket(sock, proc, timeout=20)
     return DaemonSide(name, root, proc, sock)
+
+
+@contextlib.contextmanager
+def _pair(top: Path):
+    if shutil.which("nix-daemon") is None:
+        pytest.skip("real Nix is not installed")
+    started: list[DaemonSide] = []
+    try:
+        for name in ("nix", "gk"):
+            started.append(_start(name, top))
+        yield started
+    finally:
+        for side in started:
+            side.stop()
+
+
+@pytest.fixture(scope="session")
+def daemon_pair_on():
+    """`with daemon_pair_on(top) as (nix, gk):` both daemons on stores under ``top``, stopped at the end."""
+    return _pair
+
+
+@pytest.fixture
+def daemon_pair(tmp_path):
+    """(tmp_path, [nix side, goalkeeper side]): both daemons for one test."""
+    with _pair(tmp_path) as pair:
+        yield tmp_path, pair
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ daemons build it and answer the same status, error and built outputs.  (A `.drv`
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -23,17 +22,8 @@ EXPR = ('derivation { name = "bd"; system = "x86_64-linux"; builder = "/bin/sh";
 
 
 @pytest.fixture
-def sides(tmp_path, start_daemon_side):
-    if shutil.which("nix-daemon") is None:
-        pytest.skip("real Nix is not installed")
-    started = []
-    try:
-        for name in ("nix", "gk"):
-            started.append(start_daemon_side(name, tmp_path))
-        yield tmp_path, started
-    finally:
-        for side in started:
-            side.stop()
+def sides(daemon_pair):
+    return daemon_pair
 
 
 def test_build_derivation_of_a_valid_drv_as_nix(sides):

@@ -5,7 +5,6 @@ cache (one Settings object per distinct set of options) follow."""
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -19,17 +18,8 @@ NONDET = ('derivation { name = "nondet"; system = "x86_64-linux"; builder = "/bi
 
 
 @pytest.fixture
-def sides(tmp_path, start_daemon_side):
-    if shutil.which("nix-daemon") is None:
-        pytest.skip("real Nix is not installed")
-    started = []
-    try:
-        for name in ("nix", "gk"):
-            started.append(start_daemon_side(name, tmp_path))
-        yield tmp_path, started
-    finally:
-        for side in started:
-            side.stop()
+def sides(daemon_pair):
+    return daemon_pair
 
 
 @pytest.mark.nix

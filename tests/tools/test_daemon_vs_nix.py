@@ -9,7 +9,6 @@ The daemons are started by conftest's `start_daemon_side`.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -35,20 +34,12 @@ in rec {
 
 
 @pytest.fixture(scope="module")
-def sides(tmp_path_factory, start_daemon_side):
-    if shutil.which("nix-daemon") is None:
-        pytest.skip("real Nix is not installed")
+def sides(tmp_path_factory, daemon_pair_on):
     top = tmp_path_factory.mktemp("daemons")
     (top / "t.nix").write_text(EXPR)
     (top / "hello.txt").write_text("hello\n")
-    started = []
-    try:
-        for name in ("nix", "gk"):
-            started.append(start_daemon_side(name, top))
+    with daemon_pair_on(top) as started:
         yield top, started
-    finally:
-        for side in started:
-            side.stop()
     assert started[1].proc.returncode == 0, "goalkeeper daemon did not exit cleanly on SIGTERM"
 
 
