@@ -24,10 +24,9 @@ from goalkeeper.store.errors import StoreError
 from goalkeeper.store.paths import StoreDir
 from goalkeeper.store.realisations import DrvOutput, Realisation
 
-from .derivation_goal_state import (Finished, GoalBase, PrintError, Wake, WaiteeDone, WantDrvOutputSubstitution,
-                                    WantSubstitution)
-from .results import BuildResult, ExitCode, Status
-from .substitution_goal_state import Substituter, SubstituterDisabled, Warn
+from .derivation_goal_state import Finished, PrintError, WantDrvOutputSubstitution, WantSubstitution
+from .results import ExitCode, Status
+from .substitution_goal_state import Substituter, SubstituterDisabled, SubstitutionGoalBase, Warn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,7 +46,7 @@ class DrvOutputSubstitutionContext(Protocol):
     def query_realisation(self, id: DrvOutput) -> Realisation | None: ...
 
 
-class DrvOutputSubstitutionGoalState(GoalBase):
+class DrvOutputSubstitutionGoalState(SubstitutionGoalBase):
     """One realisation substitution; `handle(event)` runs the current state and returns effects."""
 
     def __init__(self, id: DrvOutput, repair: bool, ctx: DrvOutputSubstitutionContext):
@@ -67,23 +66,6 @@ class DrvOutputSubstitutionGoalState(GoalBase):
     def key(self) -> str:
         """`DrvOutputSubstitutionGoal::key`: "a$" sorts substitutions before builds."""
         return f"a${self.id}"
-
-    def handle(self, event) -> list:
-        self._effects = []
-        if self.finished is not None:
-            return []
-        try:
-            match event:
-                case Wake():
-                    self.state()
-                case WaiteeDone(exit_code=code):
-                    self._waitee_done(code)
-                case _:
-                    raise TypeError(f"unexpected event {event!r}")
-        except StoreError as e:
-            # Nix lets these escape work() and end the run; here the goal fails with the message.
-            self._done(ExitCode.FAILED, Status.MiscFailure, str(e), thrown=True)
-        return self._effects
 
     def init(self) -> None:
         if self.ctx.query_realisation(self.id) is not None:  # "If the derivation already exists, we're done"
@@ -151,10 +133,3 @@ class DrvOutputSubstitutionGoalState(GoalBase):
             return
         self._emit(RegisterRealisation(realisation=info))
         self._done(ExitCode.SUCCESS, Status.Substituted)
-
-    def _emit(self, effect) -> None:
-        self._effects.append(effect)
-
-    def _done(self, code: ExitCode, status: Status, message: str = "", thrown: bool = False) -> None:
-        self.finished = Finished(exit_code=code, result=BuildResult(status=status, error_msg=message), thrown=thrown)
-        self._emit(self.finished)

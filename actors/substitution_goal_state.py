@@ -87,7 +87,50 @@ class SubstitutionContext(Protocol):
     def mark_contents_good(self, path: StorePath) -> None: ...
 
 
-class SubstitutionGoalState(GoalBase):
+class SubstitutionGoalBase(GoalBase):
+    """What both substitution goals share: driving states by events, and `done`.
+
+    Subclasses set `state`, `ctx` and the counters of `GoalBase`, and may handle more
+    events in `_other_event`.
+    """
+
+    finished: Finished | None = None
+
+    def handle(self, event) -> list:
+        self._effects = []
+        if self.finished is not None:
+            return []
+        try:
+            match event:
+                case Wake():
+                    self.state()
+                case WaiteeDone(exit_code=code):
+                    self._waitee_done(code)
+                case _:
+                    self._other_event(event)
+        except StoreError as e:
+            # Nix lets these escape work() and end the run; here the goal fails with the message.
+            self._done(ExitCode.FAILED, Status.MiscFailure, str(e), thrown=True)
+        return self._effects
+
+    def _other_event(self, event) -> None:
+        raise TypeError(f"unexpected event {event!r}")
+
+    def _emit(self, effect) -> None:
+        self._effects.append(effect)
+
+    def _done(self, code: ExitCode, status: Status, message: str = "", thrown: bool = False) -> None:
+        """`done` / `amDone`: the message goes into the result, not to the user."""
+        self.finished = Finished(exit_code=code, result=BuildResult(status=status, error_msg=message),
+                                 thrown=thrown)
+        self.state = self._after_done
+        self._emit(self.finished)
+
+    def _after_done(self) -> None:
+        """A finished goal ignores wake-ups."""
+
+
+class SubstitutionGoalState(SubstitutionGoalBase):
     """One substitution goal; `handle(event)` runs the current state and returns effects."""
 
     def __init__(self, path: StorePath, repair: bool, ca: ContentAddress | None, ctx: SubstitutionContext):
@@ -110,24 +153,10 @@ class SubstitutionGoalState(GoalBase):
         """`PathSubstitutionGoal::key`: "a$" sorts substitutions before builds."""
         return f"a${self.path.name}${self.ctx.store_dir.print(self.path)}"
 
-    def handle(self, event) -> list:
-        self._effects = []
-        if self.finished is not None:
-            return []
-        try:
-            match event:
-                case Wake():
-                    self.state()
-                case WaiteeDone(exit_code=code):
-                    self._waitee_done(code)
-                case SubstitutionFinished(error=error):
-                    self.finished_state(error)
-                case _:
-                    raise TypeError(f"unexpected event {event!r}")
-        except StoreError as e:
-            # Nix lets these escape work() and end the run; here the goal fails with the message.
-            self._done(ExitCode.FAILED, Status.MiscFailure, str(e), thrown=True)
-        return self._effects
+    def _other_event(self, event) -> None:
+        if not isinstance(event, SubstitutionFinished):
+            super()._other_event(event)
+        self.finished_state(event.error)
 
     def _printed(self) -> str:
         return self.ctx.store_dir.print(self.path)
@@ -232,19 +261,6 @@ class SubstitutionGoalState(GoalBase):
             return
         self.ctx.mark_contents_good(self.path)
         self._done(ExitCode.SUCCESS, Status.Substituted)
-
-    def _emit(self, effect) -> None:
-        self._effects.append(effect)
-
-    def _done(self, code: ExitCode, status: Status, message: str = "", thrown: bool = False) -> None:
-        """`PathSubstitutionGoal::done`: the message goes into the result, not to the user."""
-        self.finished = Finished(exit_code=code, result=BuildResult(status=status, error_msg=message),
-                                 thrown=thrown)
-        self.state = self._after_done
-        self._emit(self.finished)
-
-    def _after_done(self) -> None:
-        """A finished goal ignores wake-ups."""
 
 
 def _with_path(info: ValidPathInfo, path: StorePath) -> ValidPathInfo:
