@@ -30,6 +30,7 @@ from .derivation_goal_state import BuildMode
 from .goal_context import StoreReader, engine_public_keys
 from .query_missing import Missing, query_missing
 from .results import BuildResult, Status
+from .start_builder import wait_for_cleanup
 from .store_actor import start_store_actor
 from .worker import GoalServices, WorkerActor, stop_worker
 from .worker_messages import BuildDerivation, BuildLogLine, DerivedPath, Realise, Realised
@@ -162,6 +163,9 @@ class Engine:
             if not done.done():
                 done.set_result(Realised(results={}, exit_status=1, error="the build engine was stopped"))
         self._runner.stop()
+        # nothing of past builds left behind: build dirs and chroots being deleted in the
+        # background, spare chroot skeletons
+        wait_for_cleanup()
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._own_substituters:
             from .binary_cache_substituter import close_substituters
