@@ -24,9 +24,9 @@ from goalkeeper.store.errors import StoreError
 from goalkeeper.store.paths import StoreDir
 from goalkeeper.store.realisations import DrvOutput, Realisation
 
-from .derivation_goal_state import Finished, PrintError, WantDrvOutputSubstitution, WantSubstitution
+from .derivation_goal_state import PrintError, WantDrvOutputSubstitution, WantSubstitution
 from .results import ExitCode, Status
-from .substitution_goal_state import Substituter, SubstituterDisabled, SubstitutionGoalBase, Warn
+from .substitution_goal_state import SubstituterDisabled, SubstitutionGoalBase, Warn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,16 +52,8 @@ class DrvOutputSubstitutionGoalState(SubstitutionGoalBase):
     def __init__(self, id: DrvOutput, repair: bool, ctx: DrvOutputSubstitutionContext):
         self.id = id
         self.repair = repair  # kept for the goal's identity; Nix 2.8 does not pass it on
-        self.ctx = ctx
-        self.state = self.init
-        self.subs: list[Substituter] = []
-        self.sub: Substituter | None = None
+        super().__init__(ctx)
         self.output_info: Realisation | None = None
-        self.substituter_failed = False
-        self.waitees = 0
-        self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
-        self.finished: Finished | None = None
-        self._effects: list = []
 
     def key(self) -> str:
         """`DrvOutputSubstitutionGoal::key`: "a$" sorts substitutions before builds."""

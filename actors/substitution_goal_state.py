@@ -90,11 +90,19 @@ class SubstitutionContext(Protocol):
 class SubstitutionGoalBase(GoalBase):
     """What both substitution goals share: driving states by events, and `done`.
 
-    Subclasses set `state`, `ctx` and the counters of `GoalBase`, and may handle more
-    events in `_other_event`.
+    Subclasses define their first state, `init`, and may handle more events in `_other_event`.
     """
 
-    finished: Finished | None = None
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.state = self.init
+        self.subs: list[Substituter] = []  # the substituters left to try
+        self.sub: Substituter | None = None
+        self.substituter_failed = False
+        self.waitees = 0
+        self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
+        self.finished: Finished | None = None
+        self._effects: list = []
 
     def handle(self, event) -> list:
         self._effects = []
@@ -137,17 +145,9 @@ class SubstitutionGoalState(SubstitutionGoalBase):
         self.path = path
         self.repair = repair
         self.ca = ca
-        self.ctx = ctx
-        self.state = self.init
-        self.subs: list[Substituter] = []
-        self.sub: Substituter | None = None
+        super().__init__(ctx)
         self.sub_path: StorePath | None = None
         self.info: ValidPathInfo | None = None
-        self.substituter_failed = False
-        self.waitees = 0
-        self.nr_failed = self.nr_no_substituters = self.nr_incomplete_closure = 0
-        self.finished: Finished | None = None
-        self._effects: list = []
 
     def key(self) -> str:
         """`PathSubstitutionGoal::key`: "a$" sorts substitutions before builds."""
