@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from goalkeeper.sandbox import env as nixenv
 from goalkeeper.sandbox.layout import nix_sandbox, parse_sandbox_paths
 from goalkeeper.sandbox.seccomp import nix_policy
-from goalkeeper.sandbox.skeleton import SkeletonPool, skeleton_of, without_population
+from goalkeeper.sandbox.skeleton import SkeletonPool, skeleton_of, without_population, write_file
 from goalkeeper.sandbox.spec import (ADDR_NO_RANDOMIZE, PER_LINUX32, UNAME26, BuildSpec,
                                      Credentials, LaunchProfile)
 from goalkeeper.store.aterm import encode_text
@@ -558,14 +558,7 @@ def _base_name_of(path: bytes) -> bytes:
 
 
 def _write_file(path: str, contents: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, _FILE_MODE)
-    try:
-        os.fchmod(fd, _FILE_MODE)  # whatever this process's umask
-        view = memoryview(contents)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
+    write_file(path, contents, _FILE_MODE)
 
 
 def _sys_error(e: OSError, what: str | None = None) -> str:

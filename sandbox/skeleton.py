@@ -92,19 +92,26 @@ def without_population(sandbox: SandboxSpec) -> SandboxSpec:
     return dataclasses.replace(sandbox, dirs=(), files=(), symlinks=())
 
 
+def write_file(path: str, contents: bytes, mode: int, *, exclusive: bool = False) -> None:
+    """Write ``contents`` to ``path`` with exactly ``mode`` (whatever this process's umask);
+    with ``exclusive`` the file must not exist yet, else it is truncated."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(contents)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def make(skeleton: Skeleton, root: str) -> None:
     """Create ``skeleton`` at ``root`` (which must not exist)."""
     for path, mode in skeleton.dirs:
         _make_dir(root + path, mode)
     for path, contents, mode in skeleton.files:
-        fd = os.open(root + path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            os.fchmod(fd, mode)  # whatever this process's umask
-            view = memoryview(contents)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        write_file(root + path, contents, mode, exclusive=True)
     for target, path in skeleton.symlinks:
         os.symlink(target, root + path)
     for path, is_dir in skeleton.stand_ins:
