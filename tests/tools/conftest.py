@@ -17,7 +17,7 @@ import pytest
 from goalkeeper.store.local import LocalStore
 from goalkeeper.store.settings import Settings
 from goalkeeper.store.store_config import parse_store_uri
-from goalkeeper.tools.bench.daemon_queries import wait_for_socket
+from goalkeeper.tools.bench.daemon_queries import init_nix_store, wait_for_socket
 from goalkeeper.tools.daemon import Daemon, listen
 
 
@@ -86,6 +86,7 @@ def _start(name: str, top: Path) -> DaemonSide:
     sock = str(top / f"{name}.sock")
     env = _env()
     if name == "nix":
+        init_nix_store(root, env)
         env["NIX_DAEMON_SOCKET_PATH"] = sock
         argv = ["nix-daemon", "--store", str(root), *DAEMON_OPTIONS]
     else:

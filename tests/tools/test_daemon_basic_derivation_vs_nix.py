@@ -27,7 +27,7 @@ from goalkeeper.protocol.errors import RemoteError
 from goalkeeper.store.derivation import BasicDerivation, Derivation
 from goalkeeper.store.paths import StoreDir
 from goalkeeper.store.store_config import DaemonStoreConfig
-from goalkeeper.tools.bench.daemon_queries import wait_for_socket
+from goalkeeper.tools.bench.daemon_queries import init_nix_store, wait_for_socket
 
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(180)]
 
@@ -158,6 +158,7 @@ def _start_untrusted(kind: str, top, env) -> tuple[subprocess.Popen, str]:
                "/bin /lib /lib64 /usr", "--option", "trusted-users", ""]
     env = dict(env)
     if kind == "nix":
+        init_nix_store(root, env)
         env["NIX_DAEMON_SOCKET_PATH"] = sock
         argv = ["nix-daemon", "--store", str(root), *options]
     else:

@@ -67,9 +67,18 @@ def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 30) -> N
     raise RuntimeError(f"no daemon listening on {path}")
 
 
+def init_nix_store(root, env: dict) -> None:
+    """Create a fresh chroot store's layout before `nix-daemon` serves it: otherwise the
+    children it forks for the first connections (wait_for_socket's probe among them) race
+    to create it and one fails ("creating symlink ... File exists")."""
+    subprocess.run(["nix-store", "--store", str(root), "--init"], env=env, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL, timeout=60)
+
+
 def start_daemon(kind: str, root: str, sock: str) -> subprocess.Popen:
     env = _env()
     if kind == "nix":
+        init_nix_store(root, env)
         env["NIX_DAEMON_SOCKET_PATH"] = sock
         argv = ["nix-daemon", "--store", root, *OPTIONS]
     else:
