@@ -51,6 +51,9 @@ def test_killing_the_engine_kills_the_builders(tmp_path, sandboxed):
         spawner_pid = int((tmp_path / "spawner").read_text())
         if sandboxed:  # the pids the builder wrote are its namespace's; find the host ones
             builder = _children_of(spawner_pid)[0]
+            # the pids file exists once `mv` wrote it, but `mv` may still be the shell's
+            # child for a moment; then the shell execs the second sleep
+            _wait_for(lambda: len(_children_of(builder)) == 1, timeout=10)
             pids = [builder] + _children_of(builder)
         else:
             pids = [int(p) for p in (build_dir / "pids").read_text().split()]
