@@ -36,8 +36,8 @@ from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
 from .substitution_goal import drv_output_substitution, path_substitution
 from .worker import GoalServices, tell_worker
-from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, GoalStarted,
-                              ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
+from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, Cancel, GoalFinished, GoalIdle, GoalSaid,
+                              GoalStarted, ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         self.build_id: int | None = None
         self.resolved_drv_path: StorePath | None = None
         self._said_waiting = False
+        self._alone = False  # handling an activation alone in its round (worker_messages.Alone)
         self.prev_infos: dict | None = None  # the previous round's outputs (build-repeat)
         self.recursive = None  # the running build's recursive-nix daemon (recursive_daemon.py)
         self.added_paths: frozenset[StorePath] = frozenset()  # what it added or built (addedPaths)
@@ -94,6 +95,15 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 self.state.add_wanted_outputs(outputs)
             case Cancel():
                 self._cancel()
+            case Alone(event=event, slot_lent=lent):
+                self._alone = True
+                took = lent and self.state.lend_build_slot()
+                try:
+                    self._handle(event)
+                finally:
+                    self._alone = False
+                unused = lent and (not took or self.state.return_unused_slot())
+                self._tell_worker(GoalIdle(goal=self.goal_id, slot_unused=unused))
             case _HookEnded(messages=messages, event=event, outcome=outcome):
                 for text in messages:
                     self._say(text)
@@ -141,6 +151,8 @@ class DerivationGoalActor(pykka.ThreadingActor):
                 pass
             case WantDerivation() | WantSubstitution() | WantDrvOutputSubstitution():
                 self._tell_worker(AddWaitee(waiter=self.goal_id, want=effect))
+            case WakeUp() if self._alone:
+                pending.append(Wake())  # the next round is this goal's alone (see Alone)
             case WakeUp():
                 self._tell_worker(RequestWake(goal=self.goal_id))
             case WaitForBuildSlot():

@@ -365,6 +365,19 @@ class DerivationGoalState(GoalBase):
         ctx.add_temp_root(drv_path)
         return goal
 
+    def lend_build_slot(self) -> bool:
+        """Take a slot the worker lends for one activation (`Alone`); False if this goal
+        already waits for one (it is granted in order) or holds one."""
+        if self._slot_asked or self._has_slot:
+            return False
+        self._has_slot = True
+        return True
+
+    def return_unused_slot(self) -> bool:
+        """After the activation: whether a lent slot went unused (it goes back to the worker)."""
+        unused, self._has_slot = self._has_slot, False
+        return unused
+
     def key(self) -> str:
         """`DerivationGoal::key`: build in name order; "b$" sorts after substitutions ("a$")."""
         return f"b${self.drv_path.name}${self.ctx.printed_drv_path}"

@@ -28,7 +28,7 @@ from goalkeeper.store.realisations import DrvOutput
 from .derivation_goal_state import (BuildMode, Finished, ResolvedFinished, Wake, WaiteeDone, WantDerivation,
                                     WantDrvOutputSubstitution, WantSubstitution)
 from .results import BuildResult, ExitCode, FailureFlags, FailureKind, Status
-from .worker_messages import AddWantedOutputs, Cancel, DerivedPath, Message, Progress, Realised
+from .worker_messages import AddWantedOutputs, Alone, Cancel, DerivedPath, Message, Progress, Realised
 
 NO_BUILD_SLOTS = ("unable to start any build; either increase '--max-jobs' or enable remote builds.\n"
                   "https://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html")
@@ -477,6 +477,12 @@ class Scheduler:
         if self.grant_slots():
             return  # the granted goals start their builds first, as within Nix's round
         round_, self._next_round = self._next_round, []
+        if len(round_) == 1:
+            _, _, goal_id, message = round_[0]
+            goal = self.goals.get(goal_id)
+            if goal is not None:
+                self._send_now(goal, self._alone(goal, message))
+            return
         while round_:
             _, _, goal_id, message = heapq.heappop(round_)
             goal = self.goals.get(goal_id)
@@ -499,14 +505,25 @@ class Scheduler:
                 granted = True
         return granted
 
+    def _alone(self, goal: GoalRecord, message: object) -> Alone:
+        """`message` as the only activation of its round, lending a free build slot to a
+        derivation goal (held in `running` until used, released, or given back idle)."""
+        lend = (goal.kind == "drv" and len(self.running) < self.max_jobs and goal.id not in self.running
+                and all(goal_id != goal.id for _, goal_id in self._wanting_slot))
+        if lend:
+            self.running.add(goal.id)
+        return Alone(event=message, slot_lent=lend)
+
     def wake(self, goal_id: int) -> None:
         """`wakeUp`, or a `waitForAWhile` elapsed: run the goal's state in the next round."""
         goal = self.goals.get(goal_id)
         if goal is not None:
             self._activate(goal, Wake())
 
-    def goal_idle(self, goal_id: int) -> None:
-        """The goal handled a Wake/WaiteeDone/ResolvedFinished."""
+    def goal_idle(self, goal_id: int, slot_unused: bool = False) -> None:
+        """The goal handled a Wake/WaiteeDone/ResolvedFinished (and gives back a lent slot)."""
+        if slot_unused:
+            self.running.discard(goal_id)
         count = self.busy.get(goal_id, 0) - 1
         if count > 0:
             self.busy[goal_id] = count

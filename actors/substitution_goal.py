@@ -26,8 +26,8 @@ from .results import BuildResult, ExitCode, Status
 from .store_messages import RegisterDrvOutput
 from .substitution_goal_state import RunSubstitution, SubstitutionFinished, SubstitutionGoalState, Warn
 from .worker import GoalServices, tell_worker
-from .worker_messages import (AddWaitee, AddWantedOutputs, Cancel, GoalFinished, GoalIdle, GoalSaid, ReleaseBuildSlot,
-                              RequestBuildSlot, RequestWake)
+from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, Cancel, GoalFinished, GoalIdle, GoalSaid,
+                              ReleaseBuildSlot, RequestBuildSlot, RequestWake)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
         self.worker_ref = worker_ref
         self.state = state
         self._cancelled = False
+        self._alone = False  # handling an activation alone in its round (worker_messages.Alone)
 
     def _tell_worker(self, message: object) -> None:
         tell_worker(self.worker_ref, message)
@@ -73,6 +74,13 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
                 self.stop()
             case AddWantedOutputs():
                 pass  # only derivation goals have outputs
+            case Alone(event=event):  # no slot is lent to a substitution
+                self._alone = True
+                try:
+                    self._handle(event)
+                finally:
+                    self._alone = False
+                self._tell_worker(GoalIdle(goal=self.goal_id))
             case _:
                 if isinstance(message, SubstitutionFinished):
                     self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
@@ -102,6 +110,8 @@ class SubstitutionGoalActor(pykka.ThreadingActor):
                                 exit_code=ExitCode.FAILED, result=result, thrown=True)))
                             self.stop()
                             return
+                    case WakeUp() if self._alone:
+                        pending.append(Wake())  # the next round is this goal's alone (see Alone)
                     case WakeUp():
                         self._tell_worker(RequestWake(goal=self.goal_id))
                     case WaitForBuildSlot():

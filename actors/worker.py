@@ -129,8 +129,8 @@ class WorkerActor(pykka.ThreadingActor):
                 s.goal_finished(goal, finished, wanted)
             case WaitAWhile(goal=goal):
                 self._wait_a_while(goal)
-            case GoalIdle(goal=goal):
-                s.goal_idle(goal)
+            case GoalIdle(goal=goal, slot_unused=slot_unused):
+                s.goal_idle(goal, slot_unused)
             case WakeGoal(goal=goal) | RequestWake(goal=goal):
                 s.wake(goal)
             case Realise():

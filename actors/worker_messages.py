@@ -91,9 +91,30 @@ class WaitAWhile:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GoalIdle:
-    """The goal handled a Wake, WaiteeDone or ResolvedFinished from the worker."""
+    """The goal handled a Wake, WaiteeDone or ResolvedFinished from the worker.
+
+    `slot_unused`: the build slot lent with its `Alone` activation was not used: free it.
+    """
 
     goal: int
+    slot_unused: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alone:
+    """An activation (Wake, WaiteeDone, ResolvedFinished) that is the only one of its round.
+
+    Nix's worker runs every awake goal of a round, then the goals those woke, and only when
+    none is awake does it look at builds that ended. A goal alone in its round that calls
+    `wakeUp` on itself is therefore alone in the next round too, and so on until it waits
+    for something: it may run those rounds itself at once, without a message to the worker
+    for each. `slot_lent`: a build slot was free as the round began, so Nix's tryLocalBuild
+    would find `nrLocalBuilds < maxBuildJobs` in these rounds; the goal may start its build
+    in it without asking, and gives it back with GoalIdle if it did not.
+    """
+
+    event: object
+    slot_lent: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -298,6 +298,40 @@ def test_granted_slot_is_given_back_when_the_locks_are_taken():
     assert kinds(g.handle(Wake())) == [WaitForBuildSlot]
 
 
+def test_lent_slot_builds_without_asking():
+    """A slot lent with an Alone activation: tryToBuild locks and builds at once."""
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = build_ready(ctx)
+    assert g.lend_build_slot()
+    assert kinds(g.handle(Wake())) == [StartBuild, Started]
+    assert not g.return_unused_slot()  # the build holds it
+
+
+def test_lent_slot_unused_goes_back():
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = goal(ctx)
+    assert g.lend_build_slot()
+    g.handle(Wake())  # only as far as the inputs
+    assert g.return_unused_slot() and not g.return_unused_slot()
+
+
+def test_lent_slot_refused_while_waiting_for_one():
+    """A goal waiting for a slot gets it in key() order from the worker, not lent."""
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = build_ready(ctx)
+    g.handle(Wake())
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]
+    assert not g.lend_build_slot()
+
+
+def test_lent_slot_given_back_when_the_locks_are_taken():
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False, lock_free=False)
+    g = build_ready(ctx)
+    assert g.lend_build_slot()
+    assert kinds(g.handle(Wake())) == [GiveBackBuildSlot, WaitForAWhile]
+    assert not g.return_unused_slot()
+
+
 def test_lock_busy_waits():
     ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False, lock_free=False)
     g = build_ready(ctx)

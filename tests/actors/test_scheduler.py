@@ -8,7 +8,7 @@ from goalkeeper.actors.derivation_goal_state import (BuildMode, Finished, Resolv
                                                      WantDerivation, WantSubstitution)
 from goalkeeper.actors.results import BuildResult, ExitCode, FailureKind, Status
 from goalkeeper.actors.scheduler import NO_BUILD_SLOTS, Scheduler
-from goalkeeper.actors.worker_messages import AddWantedOutputs, Cancel, DerivedPath, Message
+from goalkeeper.actors.worker_messages import AddWantedOutputs, Alone, Cancel, DerivedPath, Message
 from goalkeeper.store.paths import StoreDir, StorePath
 
 pytestmark = pytest.mark.timeout(10)
@@ -30,12 +30,12 @@ def path(name: str) -> StorePath:
 
 
 class Harness:
-    def __init__(self, max_jobs: int = 1):
+    def __init__(self, max_jobs: int = 1, rounds: bool = False):
         self.sent: list[tuple[int, object]] = []
         self.events: list[object] = []
         self.results = []
         self.s = Scheduler(SD, max_jobs, start_goal=lambda g, p: g.id, send=lambda g, m: self.sent.append((g.id, m)),
-                           notify=lambda obs, ev: obs(ev))
+                           notify=lambda obs, ev: obs(ev), rounds=rounds)
 
     def realise(self, *targets, keep_going=False):
         self.s.realise(targets, BuildMode.Normal, keep_going, self.events.append, self.results.append)
@@ -316,3 +316,46 @@ def test_progress_counts_as_nix_updateProgress():
     h.finish(top.id, Status.Built)  # done, and still counted in "expected" (expected + done)
     assert [e for e in h.events if isinstance(e, Progress)][-1] == Progress(
         expected_builds=1, running_builds=0, done_builds=1, failed_builds=0)
+
+
+# -- rounds (the worker's mode) ------------------------------------------------------------
+
+def test_goal_alone_in_its_round_is_told_so_and_lent_a_free_slot():
+    h = Harness(max_jobs=1, rounds=True)
+    h.realise(DerivedPath(drv("top"), frozenset()))
+    top = h.goal(drv("top"))
+    h.s.advance()
+    assert h.to(top.id) == [Alone(event=Wake(), slot_lent=True)]
+    assert top.id in h.s.running  # lent: no other goal gets it meanwhile
+    h.s.goal_idle(top.id, slot_unused=True)
+    assert not h.s.running and not h.s.busy
+
+
+def test_no_slot_lent_when_all_are_taken():
+    h = Harness(max_jobs=1, rounds=True)
+    h.realise(DerivedPath(drv("a"), frozenset()), DerivedPath(drv("b"), frozenset()))
+    a, b = h.goal(drv("a")), h.goal(drv("b"))
+    h.s.advance()
+    assert h.to(a.id) == [Wake()] and h.to(b.id) == [Wake()]  # two goals: an ordinary round
+    h.s.request_build_slot(a.id)
+    h.s.goal_idle(a.id)
+    h.s.goal_idle(b.id)
+    h.s.advance()
+    assert h.to(a.id)[-1] == Wake() and h.s.running == {a.id}  # granted in key() order
+    h.s.wake(b.id)
+    h.s.goal_idle(a.id)
+    h.s.advance()
+    assert h.to(b.id)[-1] == Alone(event=Wake(), slot_lent=False)
+    h.s.goal_idle(b.id, slot_unused=False)
+    assert h.s.running == {a.id}
+
+
+def test_lent_slot_used_is_kept_until_released():
+    h = Harness(max_jobs=1, rounds=True)
+    h.realise(DerivedPath(drv("top"), frozenset()))
+    top = h.goal(drv("top"))
+    h.s.advance()
+    h.s.goal_idle(top.id)  # it started its build in the lent slot
+    assert h.s.running == {top.id}
+    h.s.release_build_slot(top.id)
+    assert not h.s.running
