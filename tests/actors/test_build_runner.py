@@ -280,6 +280,24 @@ def test_eof_kills_a_builder_that_closed_its_output(make_runner, work):
     assert time.monotonic() - t0 < 5
 
 
+def test_a_log_file_that_cannot_be_created_fails_the_build_and_kills_it(make_runner, work, tmp_path):
+    # The log file is opened once the spawner has the request: the builder may be running.
+    (tmp_path / "notadir").write_text("")
+    runner = make_runner(log_dir=tmp_path / "notadir")
+    pid_file = work / "pid"
+    build = Build(runner, spec(work, f"echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; exec sleep 30"))
+    reply = build.next()
+    assert isinstance(reply, BuildSetupFailed)
+    assert reply.message == f"creating directory '{tmp_path}/notadir/drvs/{build.path.base[:2]}': Not a directory"
+    with pytest.raises(queue.Empty):
+        build.next(timeout=0.5)
+    if pid_file.exists():  # it got as far as running: it must be gone
+        _wait_gone(pid_file)
+    # The runner goes on with the next build (one that keeps no log).
+    quiet = Settings.load(overrides=[("keep-build-log", "false")])
+    assert Build(runner, spec(work, "true"), n=1, settings=quiet).outcome().ok
+
+
 def test_done_waits_for_the_log_to_end(make_runner, work):
     lines = []
     runner = make_runner(on_log_line=lambda p, line: lines.append(line))
