@@ -161,9 +161,9 @@ def pool_key(spec: BuildSpec):
 _SPEC_LENGTH = struct.Struct(">I")
 
 
-def encode_spec(spec: BuildSpec) -> bytes:
-    payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
-    return _SPEC_LENGTH.pack(len(payload)) + payload
+def spec_frame(spec_pickle: bytes) -> bytes:
+    """A pickled spec as `receive_spec` reads it."""
+    return _SPEC_LENGTH.pack(len(spec_pickle)) + spec_pickle
 
 
 def receive_spec(fd: int) -> tuple[BuildSpec, int]:

@@ -14,6 +14,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 
+from . import child
 from .spec import BuildSpec, ChildExited
 
 MAX_FRAME = 64 << 20  # a spec carries the env; Linux caps argv+env far below this
@@ -24,8 +25,38 @@ _LENGTH = struct.Struct(">I")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Spawn:
+    """Start a build.  The spawner reads it as a `SpawnRequest` (see there)."""
+
     build_id: int
     spec: BuildSpec
+
+    def __reduce__(self):
+        spec = pickle.dumps(self.spec, protocol=pickle.HIGHEST_PROTOCOL)
+        key = child.pool_key(self.spec)
+        if key is not None:
+            # Its repr: plain values and dataclasses, each shown by its fields, so equal
+            # keys give equal bytes (a pickle's memo could tell apart equal keys whose
+            # parts happen to be shared or not).
+            key = repr(key).encode()
+        return (SpawnRequest, (self.build_id, spec, key))
+
+
+class SpawnRequest:
+    """A `Spawn` as the spawner receives it: the spec still pickled.
+
+    A prepared child takes its build's spec as these very bytes, so the spawner reads
+    only the build id and the pool key (`child.pool_key`, as bytes: equal bytes, equal
+    keys) on the way -- no spec decoded and encoded again in a process whose every
+    write after a fork copies a page (~0.7 ms a request).
+    """
+
+    __slots__ = ("build_id", "spec_pickle", "pool_key")
+
+    def __init__(self, build_id: int, spec_pickle: bytes, pool_key: bytes | None):
+        self.build_id, self.spec_pickle, self.pool_key = build_id, spec_pickle, pool_key
+
+    def spec(self) -> BuildSpec:
+        return pickle.loads(self.spec_pickle)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +104,7 @@ class Exited:
     result: ChildExited
 
 
-Request = Spawn | Kill
+Request = Spawn | Kill  # a Spawn arrives as a SpawnRequest
 Event = Spawned | Started | SetupFailed | Exited
 
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import prctl
 
 from . import _linux, child
-from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawn, Spawned, Started,
+from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawned, SpawnRequest, Started,
                        encode)
 from .seccomp import compile_policy
 from .spec import BuildSpec, ChildExited, LaunchProfile, same_filter
@@ -180,8 +180,8 @@ class SpawnerLoop:
             return
         self._decoder.feed(data)
         for request in self._decoder.frames():
-            if isinstance(request, Spawn):
-                self._spawn(request.build_id, request.spec)
+            if isinstance(request, SpawnRequest):
+                self._spawn(request)
             elif isinstance(request, Kill):
                 self._kill(request.build_id, request.signal)
             else:
@@ -219,20 +219,21 @@ class SpawnerLoop:
 
     # -- spawning ----------------------------------------------------------------------
 
-    def _spawn(self, build_id: int, spec: BuildSpec) -> None:
-        if self._launches_directly(spec):
-            self._launch(build_id, spec)
-            return
-        key = child.pool_key(spec)
-        if key is not None:
+    def _spawn(self, request: SpawnRequest) -> None:
+        build_id, key = request.build_id, request.pool_key
+        if key is not None:  # sandboxed: a prepared child may take it as it came
             if key != self._template_key:
-                self._learn_template(spec, key)
+                self._learn_template(request.spec(), key)
             try:
-                if self._hand_over(build_id, spec, key):
+                if self._hand_over(build_id, request.spec_pickle, key):
                     return
             except _CloneFailed as e:  # no pty left
                 self._clone_failed(build_id, e)
                 return
+        spec = request.spec()
+        if self._launches_directly(spec):
+            self._launch(build_id, spec)
+            return
         try:
             cloned = self._clone(spec, lambda fds, f: child.run(spec, fds, f))
         except _CloneFailed as e:
@@ -382,8 +383,9 @@ class SpawnerLoop:
         self._pool[cloned.pid] = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=spec_w),
                                            key=key)
 
-    def _hand_over(self, build_id: int, spec: BuildSpec, key) -> bool:
-        """Give the build to a prepared child; False if none is ready."""
+    def _hand_over(self, build_id: int, spec_pickle: bytes, key: bytes) -> bool:
+        """Give the build (its spec as the engine pickled it) to a prepared child; False if
+        none is ready."""
         pid = next((pid for pid, p in self._pool.items() if p.key == key), None)
         if pid is None:
             return False
@@ -393,7 +395,7 @@ class SpawnerLoop:
         sent = 0
         try:
             master, slave = _open_pty()
-            data = child.encode_spec(spec)
+            data = child.spec_frame(spec_pickle)
             # Blocking: the child is waiting in recvmsg, so a spec beyond the socket
             # buffer still goes through.  Once it has the whole spec it may close its end
             # at once, and even an empty send would then fail (EPIPE).

@@ -209,9 +209,6 @@ class BuildSpec:
     umask: int = 0o022
     kill_with_parent: bool = True
 
-    def __reduce__(self):
-        return (_from_wire, (_to_wire(self),))  # see "Pickling" below
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LaunchProfile:
@@ -231,12 +228,12 @@ class LaunchProfile:
 
 # -- pickling ------------------------------------------------------------------------------------
 #
-# A spec is pickled twice per build (engine -> spawner, spawner -> prepared child) and read
-# twice.  As dataclasses, each of its ~30 objects costs Python calls both ways (~0.2 ms a
-# side, more in a forked child, which copies every page it touches); as nested tuples of
-# primitives the C pickler does all the work, around one small Python pass that turns the
-# tree into tuples (~0.03 ms) and back (~0.07 ms, without __init__: the values are a
-# spec's already).
+# A spec is pickled once per build (by the engine; a prepared child reads those very bytes)
+# and read once or twice.  As dataclasses, each of its ~30 objects costs Python calls both
+# ways (~0.2 ms a side, more in a forked child, which copies every page it touches); as
+# nested tuples of primitives the C pickler does all the work, around one small Python
+# pass that turns the tree into tuples (~0.03 ms) and back (~0.07 ms, without __init__:
+# the values are a spec's already).
 
 _WIRE_CLASSES = (BuildSpec, SandboxSpec, IdMap, BindMount, SharedMount, ProcMount, TmpfsMount,
                  DevptsMount, MakeDir, WriteFile, Symlink, RLimit, SeccompRule, SeccompPolicy,
@@ -248,6 +245,15 @@ _NESTED = {"sandbox": 1, "credentials": 1, "seccomp": 1, "uid_map": 1, "gid_map"
            "rlimits": 2, "dirs": 2, "files": 2, "symlinks": 2, "mounts": 2, "rules": 2}
 _WIRE_FIELDS = tuple(tuple((f.name, _NESTED.get(f.name, 0)) for f in fields(cls))
                      for cls in _WIRE_CLASSES)
+
+
+def _reduce(obj):
+    return (_from_wire, (_to_wire(obj),))
+
+
+for _cls in _WIRE_CLASSES:  # parts pickled on their own (a pool key's) take the same path
+    _cls.__reduce__ = _reduce
+del _cls
 
 
 def _to_wire(obj) -> tuple:

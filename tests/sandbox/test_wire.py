@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from goalkeeper.sandbox import spec as spec_module
-from goalkeeper.sandbox.messages import FrameDecoder, SetupFailed, Spawn, encode
+from goalkeeper.sandbox.messages import FrameDecoder, SetupFailed, Spawn, SpawnRequest, encode
 from goalkeeper.sandbox.spec import Credentials, RLimit
 
 from .conftest import plain_spec, sandbox_spec
@@ -43,14 +43,42 @@ def test_a_spec_pickles_as_one_reconstructor_over_plain_tuples(tmp_path):
     assert globals_named == ["_from_wire"]
 
 
-def test_a_spawn_request_decodes_to_its_spec(tmp_path):
+def test_a_spawn_request_reaches_the_spawner_with_its_spec_still_pickled(tmp_path):
     spec = sandbox_spec(tmp_path, "true")
     decoder = FrameDecoder()
     frame = encode(Spawn(build_id=7, spec=spec))
     decoder.feed(frame[:5])
     assert list(decoder.frames()) == []
     decoder.feed(frame[5:])
-    assert list(decoder.frames()) == [Spawn(build_id=7, spec=spec)]
+    (request,) = decoder.frames()
+    assert isinstance(request, SpawnRequest) and request.build_id == 7
+    assert request.spec() == spec
+    assert pickle.loads(request.spec_pickle) == spec  # what a prepared child reads
+
+
+def _pool_key(spec):
+    (request,) = _decoded(encode(Spawn(build_id=1, spec=spec)))
+    return request.pool_key
+
+
+def _decoded(frame: bytes):
+    decoder = FrameDecoder()
+    decoder.feed(frame)
+    return list(decoder.frames())
+
+
+def test_equal_namespace_sets_give_equal_pool_keys_and_others_not(tmp_path):
+    one, other = tmp_path / "one", tmp_path / "other"
+    one.mkdir()
+    other.mkdir()
+    a = sandbox_spec(one, "true")
+    # Built apart, with a different build, chroot and environment: the same key.
+    b = sandbox_spec(other, "false", env=((b"X", b"y"),))
+    assert a.sandbox.uid_map is not b.sandbox.uid_map
+    assert _pool_key(a) == _pool_key(b) is not None
+    assert _pool_key(sandbox_spec(one, "true", fixed_output=True)) != _pool_key(a)
+    assert _pool_key(dataclasses.replace(a, seccomp=None)) != _pool_key(a)
+    assert _pool_key(plain_spec(tmp_path, "true")) is None  # unsandboxed: never pooled
 
 
 def test_what_only_dill_can_pickle_still_decodes():
