@@ -5,8 +5,16 @@ goal finishes (`deleteTmpDir`, `~LocalDerivationGoal`): their names are free aga
 nothing of them is left.  Deleting a tree costs a few milliseconds (an lstat and an
 unlink or rmdir per entry), and in a chain of builds the next one waits for it.  So
 `discard` only renames the tree into a hidden trash directory beside it (one rename: the
-name is free at once, as in Nix) and a background thread deletes it; the thread removes
-the trash directories as soon as it has nothing left to do, and `drain` waits for that.
+name is free at once, as in Nix) and a background thread deletes it.
+
+While discards keep coming (a chain of builds), the thread and its trash directories stay:
+it lingers `LINGER_S` with nothing to do before it removes the trash directories and ends.
+Making and removing a directory and starting a thread per build cost more than the
+deletion itself (creating an inode is slow on a file system without a journal, where the
+allocator scans recently deleted ones).  `drain` ends the lingering at once: when it
+returns, nothing discarded is left, nor a trash directory, nor the thread.  An exiting
+interpreter does the same (the thread is not a daemon: it waits for the deletions to end,
+but not for the lingering).
 
 A trash directory is ``<parent>/.goalkeeper-trash-<pid>``: in the same directory, so the
 rename never crosses a filesystem, and per process, so two engines on one store never
@@ -19,20 +27,23 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections import deque
 
 from goalkeeper.store.nar import delete_path
 
 _TRASH_PREFIX = ".goalkeeper-trash-"
+LINGER_S = 1.5  # idle time before the thread removes its trash directories and ends
 
 
 class _Deleter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)  # work queued, thread ended, or drain asked
         self._queue: deque[str] = deque()
-        self._trash_dirs: set[str] = set()  # made by us, removed when the queue is empty
+        self._trash_dirs: set[str] = set()  # made by us, removed when the thread ends
         self._thread: threading.Thread | None = None
+        self._draining = 0  # callers of `drain` waiting: the thread ends as soon as it is idle
         self._names = itertools.count()
 
     def discard(self, path: str) -> None:
@@ -64,35 +75,53 @@ class _Deleter:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name="goalkeeper-delete")
                     self._thread.start()
+                else:
+                    self._changed.notify_all()
                 return
         delete_path(path)
 
     def drain(self) -> None:
         with self._lock:
-            while self._thread is not None:
-                self._idle.wait()
+            self._draining += 1
+            try:
+                self._changed.notify_all()
+                while self._thread is not None:
+                    self._changed.wait()
+            finally:
+                self._draining -= 1
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                if not self._queue:
-                    for trash in self._trash_dirs:
-                        try:
-                            os.rmdir(trash)
-                        except OSError:
-                            pass  # removed already, or (a stranger's file) not empty
-                    self._trash_dirs.clear()
-                    self._thread = None
-                    self._idle.notify_all()
-                    return
+                idle_since = time.monotonic()
+                while not self._queue:
+                    left = LINGER_S - (time.monotonic() - idle_since)
+                    if self._draining or left <= 0:
+                        self._end()
+                        return
+                    self._changed.wait(left)
                 target = self._queue.popleft()
             try:
                 delete_path(target)
             except OSError:
                 pass  # as Nix's deleteTmpDir in a destructor: ignored (the trash dir stays)
 
+    def _end(self) -> None:
+        """Remove the trash directories and let the thread go (with the lock held, queue empty)."""
+        for trash in self._trash_dirs:
+            try:
+                os.rmdir(trash)
+            except OSError:
+                pass  # removed already, or (a stranger's file) not empty
+        self._trash_dirs.clear()
+        self._thread = None
+        self._changed.notify_all()
+
 
 _deleter = _Deleter()
+# Before the interpreter joins non-daemon threads at exit: end the lingering (the deletions
+# still queued are done first, as `drain` does).
+threading._register_atexit(_deleter.drain)  # type: ignore[attr-defined]  # as concurrent.futures
 
 
 def discard(path: str) -> None:
