@@ -44,6 +44,7 @@ from goalkeeper.store.settings import Settings
 
 from .derivation_goal_state import BuildExited, BuildKilled, BuildSetupFailed, BuildStarted
 from .results import Status
+from .start_builder import launch_profile, refill_skeletons
 
 _READ_SIZE = 4096  # Nix reads the log 4096 bytes at a time; the log limit is checked per read
 _DISK_FULL = 8 << 20  # buildDone: under 8 MiB free, a failure may be the disk's fault
@@ -244,8 +245,6 @@ class BuildRunner:
             self._shut_down()
 
     def _start_spawner(self) -> None:
-        from .start_builder import launch_profile
-
         self._spawner = Spawner(launch_profile(self._settings))
         self._spawner.start()
         self._sel.register(self._spawner.fileno(), selectors.EVENT_READ, self._spawner)
@@ -331,6 +330,8 @@ class BuildRunner:
         if not build.started:
             build.started = True
             self._reply(build, BuildStarted(start_time=build.start_time))
+            if build.spec.sandbox is not None:
+                refill_skeletons()
 
     # -- the log (handleChildOutput, flushLine, handleEOF) ------------------------------------
 

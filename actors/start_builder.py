@@ -199,6 +199,16 @@ def wait_for_cleanup() -> None:
     _skeletons.clear()
 
 
+def refill_skeletons() -> None:
+    """A builder runs: make the chroot skeletons builds took since the last call.
+
+    Not at once when taken: between start_builder and the builder's start every step is
+    on the critical path of the build, and the engine's threads share one GIL; while a
+    builder runs they mostly wait.
+    """
+    _skeletons.refill()
+
+
 def create_temp_dir(prefix: str) -> str:
     """`createTempDir("", prefix, false, false, 0700)`: ``$TMPDIR/<prefix>-N``, N from 0."""
     # canonPath(tmpRoot, true) resolves symlinks.
@@ -452,8 +462,9 @@ def _sandbox(store, settings: Settings, drv: Derivation, parsed: ParsedDerivatio
     delete_path(chroot_root)
     hook = settings.pre_build_hook
     if not hook:
-        # The build-independent part, made ahead (see sandbox/skeleton.py).
-        _skeletons.take(skeleton_of(sandbox, store_dir.path), chroot_root)
+        # The build-independent part, made ahead (see sandbox/skeleton.py); the next one
+        # once the builder runs (`refill_skeletons`).
+        _skeletons.take(skeleton_of(sandbox, store_dir.path), chroot_root, refill=False)
         sandbox = without_population(sandbox)
     else:
         # A hook sees the chroot as before: the root and its store dir; the child

@@ -153,8 +153,13 @@ class SkeletonPool:
         self._closed = False
         atexit.register(self.close)
 
-    def take(self, skeleton: Skeleton, root: str) -> bool:
-        """Rename a ready skeleton to ``root``, or make one there; True if it was ready."""
+    def take(self, skeleton: Skeleton, root: str, *, refill: bool = True) -> bool:
+        """Rename a ready skeleton to ``root``, or make one there; True if it was ready.
+
+        ``refill=False``: the spare taken is replaced only at the next `refill` (if one
+        was ready): the caller says when the work of making it (some twenty syscalls,
+        each giving up the GIL and taking it back) is out of a build's way.
+        """
         parent = os.path.dirname(root)
         key = (parent, skeleton)
         spare = None
@@ -168,7 +173,8 @@ class SkeletonPool:
                     self._thread = threading.Thread(target=self._run, name="goalkeeper-skeletons",
                                                     daemon=True)  # atexit removes its spares
                     self._thread.start()
-                self._wake.notify()
+                if refill or spare is None:
+                    self._wake.notify()
         if spare is not None:
             try:
                 os.rename(spare, root)
@@ -180,6 +186,11 @@ class SkeletonPool:
                     pass
         make(skeleton, root)
         return False
+
+    def refill(self) -> None:
+        """Make the spares taken since the last refill (see `take`)."""
+        with self._lock:
+            self._wake.notify()
 
     def clear(self) -> None:
         """Remove the spares not taken (and stop making them until the next `take`)."""

@@ -86,6 +86,24 @@ def test_the_pool_makes_spares_hands_them_out_and_removes_them(tmp_path):
     assert not spares.exists()
 
 
+def test_a_spare_taken_without_refill_is_made_again_only_at_refill(tmp_path):
+    spec = sandbox_spec(tmp_path, "true").sandbox
+    skel = skeleton_of(spec, "/nix/store")
+    store = tmp_path / "store"
+    pool = SkeletonPool(spares=2, idle_seconds=30)
+    try:
+        assert not pool.take(skel, str(store / "a.chroot"), refill=False)  # none yet: made
+        _wait_for(lambda: _ready(pool) == 2)
+        assert pool.take(skel, str(store / "b.chroot"), refill=False)
+        time.sleep(0.3)
+        assert _ready(pool) == 1  # not while the build is starting
+        pool.refill()  # its builder runs
+        _wait_for(lambda: _ready(pool) == 2)
+        assert _tree(store / "a.chroot") == _tree(store / "b.chroot")
+    finally:
+        pool.close()
+
+
 def _ready(pool: SkeletonPool) -> int:
     with pool._lock:
         return sum(len(names) for names in pool._ready.values())

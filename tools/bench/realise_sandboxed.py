@@ -85,8 +85,8 @@ def _instrumented(timings: _Timings):
     originals = [(owner, name, _wrap(owner, name, timings, label)) for owner, name, label in patched]
     timed_take = start_builder._skeletons.take
 
-    def counted_take(*args):
-        ready = timed_take(*args)
+    def counted_take(*args, **kwargs):
+        ready = timed_take(*args, **kwargs)
         timings.add("engine:     skeleton ready (1) or made (0)", float(ready))
         return ready
 
