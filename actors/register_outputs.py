@@ -42,7 +42,7 @@ from goalkeeper.store.parsed_derivation import ParsedDerivation
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.paths import StorePath, output_path_name
 from goalkeeper.store.realisations import DrvOutput, Realisation
-from goalkeeper.store.references import HashModuloSink, RewritingSink, scan_for_references
+from goalkeeper.store.references import HashModuloSink, RefScanSink, RewritingSink
 from goalkeeper.store.topo_sort import topo_sort
 
 from .build_hooks import DiffHookRequest
@@ -166,6 +166,16 @@ class _Registration:
         self.messages: list[str] = []
         # Nix's keepPreviousRound: a differing output is kept as `<path>.check` to compare
         self.keep_previous_round = bool(settings.keep_failed or settings.run_diff_hook)
+        # Outputs whose NAR the reference scan hashed too (nothing rewrites them later).
+        self.scanned_nar: dict[str, tuple[Hash, int]] = {}
+        self.restored: set[str] = set()  # actual paths rewritten, i.e. restored from a NAR
+
+    def _never_rewritten(self) -> bool:
+        """Every output is input-addressed and written at its final path: no rewrite will touch
+        any of them, so the NAR the reference scan reads is the one registered."""
+        scratch_outputs = self.plan.scratch_outputs
+        return all(isinstance(output, InputAddressed) and scratch_outputs[name] == output.path
+                   for name, output in self.drv.outputs.items())
 
     def actual_path(self, scratch: StorePath) -> str:
         printed = self.store.print(scratch)
@@ -179,6 +189,8 @@ class _Registration:
         referenceable = set(input_paths) | set(scratch_outputs.values())
         scanned: dict[str, set[StorePath]] = {}  # Nix's PerhapsNeedToRegister
         stats: dict[str, os.stat_result] = {}
+        by_hash_part = {p.hash_part: p for p in referenceable}
+        hash_while_scanning = self._never_rewritten()
         for name in self.drv.output_names():
             known = initial_outputs.get(name)
             if self.build_mode is not BuildMode.Check and known is not None and known.is_valid():
@@ -187,7 +199,13 @@ class _Registration:
             stats[name] = self._lstat_output(name, actual)
             # Canonicalise first, so that nothing below is a hard link to a foreign file.
             canonicalise_path_metadata(actual, None, self.inodes_seen, ignored_acls=self.settings.ignored_acls)
-            scanned[name] = scan_for_references(actual, referenceable)
+            # `scanForReferences`; where the NAR is final already, one pass also hashes it.
+            found = RefScanSink(by_hash_part)
+            if hash_while_scanning:
+                self.scanned_nar[name] = hash_path(actual, sinks=(found,))
+            else:
+                dump_path_to(actual, found)
+            scanned[name] = {by_hash_part[h] for h in found.found}
 
         delayed: RejectedOutput | None = None
         for name in self._sorted_outputs(scanned):
@@ -305,7 +323,8 @@ class _Registration:
                 if scratch != final:  # the NAR hash is of the contents under the final name
                     self.output_rewrites[scratch.hash_part] = final.hash_part
                 self._rewrite_output(actual)
-                nar_hash, nar_size = hash_path(actual)
+                nar = self.scanned_nar.get(name)
+                nar_hash, nar_size = nar if nar is not None else hash_path(actual)
                 has_self, refs = self._rewrite_refs(references, scratch)
                 info = ValidPathInfo(final, nar_hash, nar_size, refs | {final} if has_self else refs)
             case CAFixed(method=method, hash=wanted):
@@ -321,7 +340,10 @@ class _Registration:
             case _:
                 raise StoreError(f"output '{name}' of '{self.printed_drv}' is deferred; "
                                  "the derivation must be resolved before it is built")
-        canonicalise_path_metadata(actual, None, self.inodes_seen, ignored_acls=self.settings.ignored_acls)
+        if actual in self.restored:
+            # Nix canonicalises again unconditionally ("FIXME: set proper permissions in
+            # restorePath()"); a tree that was not restored is canonical since the scan.
+            canonicalise_path_metadata(actual, None, self.inodes_seen, ignored_acls=self.settings.ignored_acls)
 
         final_real = self.store.real_path(info.path)
         # A path not known before the build (floating CA, mismatching fixed output) is locked
@@ -364,7 +386,7 @@ class _Registration:
         has_self, refs = self._rewrite_refs(references, scratch)
         final = self._fixed_output_path(method, got, name, refs, has_self, actual)
         if scratch != final:
-            _rewrite_tree(actual, {scratch.hash_part: final.hash_part})
+            self._rewrite_tree(actual, {scratch.hash_part: final.hash_part})
         nar_hash, nar_size = hash_path(actual)
         return ValidPathInfo(final, nar_hash, nar_size, refs | {final} if has_self else refs,
                              ca=ContentAddress(method, got))
@@ -397,7 +419,11 @@ class _Registration:
     def _rewrite_output(self, actual: str) -> None:
         if self.output_rewrites:
             # Nix's StringMap applies the rewrites in key order.
-            _rewrite_tree(actual, dict(sorted(self.output_rewrites.items())))
+            self._rewrite_tree(actual, dict(sorted(self.output_rewrites.items())))
+
+    def _rewrite_tree(self, actual: str, rewrites: dict[str, str]) -> None:
+        _rewrite_tree(actual, rewrites)
+        self.restored.add(actual)
 
     def _move_into_place(self, info: ValidPathInfo, actual: str, final_real: str) -> str:
         if final_real == actual or self.build_mode is BuildMode.Check:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from goalkeeper.store.derivation import Derivation, output_path
 from goalkeeper.store.derivation_hash import static_output_hashes
 from goalkeeper.store.hashes import Hash
 from goalkeeper.store.local import LocalStore
+from goalkeeper.store import nar as nar_module
 from goalkeeper.store.nar import delete_path, dump_path, restore_path
 from goalkeeper.store.path_info import ValidPathInfo
 from goalkeeper.store.parsed_derivation import BadDerivationAttr
@@ -287,6 +289,36 @@ def test_input_addressed_output_referring_to_itself(h):
     assert run.registered_realisations == []  # ca-derivations is off
 
 
+def assert_canonical(path: str) -> None:
+    for dirpath, dirnames, filenames in os.walk(path):
+        for entry in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            st = os.lstat(entry)
+            assert st.st_mtime == 1, entry
+            if not stat.S_ISLNK(st.st_mode):
+                assert stat.S_IMODE(st.st_mode) in (0o444, 0o555), entry
+
+
+@pytest.mark.timeout(60)
+def test_an_output_written_at_its_final_path_is_read_once(h, monkeypatch):
+    """The reference scan hashes the NAR too when nothing will rewrite it (as hashPath would)."""
+    reads = []  # NARs of paths in our store (the harness reads Nix's store to lay out outputs)
+    real_dump_pieces = nar_module._dump_pieces
+    ours = h.store.config.real_store_dir
+
+    def dump_pieces(path):
+        if os.fsdecode(path).startswith(ours):
+            reads.append(os.fsdecode(path))
+        return real_dump_pieces(path)
+
+    monkeypatch.setattr(nar_module, "_dump_pieces", dump_pieces)
+    out = h.run("multi").outcome
+    assert out.failure is None
+    assert sorted(reads) == sorted(h.store.real_path(p) for p in out.built_outputs.values())
+    for info in out.infos:
+        h.assert_like_nix(info, "multi")
+        assert_canonical(h.store.real_path(info.path))
+
+
 @pytest.mark.timeout(30)
 def test_outputs_are_registered_referenced_first(h):
     out = h.run("multi").outcome
@@ -326,6 +358,7 @@ def test_repair_rewrites_the_fallback_path_and_replaces_the_corrupt_output(h):
     assert scratch != final
     (info,) = run.outcome.infos
     h.assert_like_nix(info, "self")
+    assert_canonical(h.store.real_path(info.path))  # restored from the rewritten NAR, canonical again
     assert not os.path.lexists(h.store.real_path(scratch))
     assert not [n for n in os.listdir(h.store.config.real_store_dir) if ".old-" in n]
 
@@ -338,6 +371,7 @@ def test_valid_outputs_are_left_alone_and_rewritten_into_the_others(h):
     assert out.failure is None
     (info,) = out.infos
     h.assert_like_nix(info, "multi")  # its refs file names dev's final path, not the fallback
+    assert_canonical(h.store.real_path(info.path))
     assert {n: h.sd.print(p) for n, p in out.built_outputs.items()} == {
         n: h.nix_final("multi", n) for n in ("out", "dev", "lib")}
     for name in ("dev", "lib"):  # the unused redirected outputs are gone
