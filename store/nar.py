@@ -71,8 +71,9 @@ def _dump_pieces(path: str | bytes) -> Iterator[bytes | bytearray | memoryview]:
     """
     root = os.fsencode(path)
     out = bytearray(_MAGIC)
-    buf = bytearray(CHUNK_SIZE)
-    view = memoryview(buf)
+    # The buffer for big files is made on the first one: zeroing 1 MiB costs more than
+    # dumping a small output whole.
+    view: memoryview | None = None
     # Each stack entry is the iterator over one open directory's sorted entries.
     stack: list[Iterator[os.DirEntry]] = []
     st = _lstat(root)
@@ -96,6 +97,8 @@ def _dump_pieces(path: str | bytes) -> Iterator[bytes | bytearray | memoryview]:
                 else:
                     yield out
                     out.clear()
+                    if view is None:
+                        view = memoryview(bytearray(CHUNK_SIZE))
                     left = size
                     while left:
                         n = os.readv(fd, [view[: min(left, CHUNK_SIZE)]])
