@@ -8,9 +8,10 @@ chroot.  Running the builder is `build_runner.py`'s job; the result is a
 `sandbox.spec.BuildSpec` the spawner applies.
 
 Not here, as in goalkeeper generally: build users (the builder runs as the caller,
-as Nix does with `build-users-group = ""`), builtin builders (`builtin:fetchurl`
-...), and `exportReferencesGraph` under structured attributes
-(Nix writes pathInfoToJSON there).
+as Nix does with `build-users-group = ""`), and `exportReferencesGraph` under
+structured attributes (Nix writes pathInfoToJSON there). A builtin builder
+(`builtin:fetchurl` ...) gets a spec like any other build, plus a `BuiltinSpec`
+the child runs instead of an exec (`sandbox/builtins.py`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from goalkeeper.sandbox import env as nixenv
 from goalkeeper.sandbox.layout import nix_sandbox, parse_sandbox_paths
 from goalkeeper.sandbox.seccomp import nix_policy
 from goalkeeper.sandbox.skeleton import SkeletonPool, skeleton_of, without_population, write_file
-from goalkeeper.sandbox.spec import (ADDR_NO_RANDOMIZE, PER_LINUX32, UNAME26, BuildSpec,
+from goalkeeper.sandbox.spec import (ADDR_NO_RANDOMIZE, PER_LINUX32, UNAME26, BuildSpec, BuiltinSpec,
                                      Credentials, LaunchProfile)
 from goalkeeper.store.aterm import encode_text
 from goalkeeper.store.derivation import Derivation, hash_placeholder
@@ -129,8 +130,6 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
         _check_can_build_locally(settings, drv, parsed, printed)
     except StoreError as e:
         raise BuildSetupError(str(e)) from e
-    if drv.is_builtin():
-        raise BuildSetupError(f"goalkeeper cannot run the builtin builder '{drv.builder}' yet")
     use_chroot = _use_chroot(settings, parsed, dtype.is_sandboxed, printed)
     config = store.config
     if config.store_dir.path != config.real_store_dir:
@@ -544,6 +543,7 @@ def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
         personality_or |= UNAME26
     seccomp = _seccomp_policy(settings)
     builder = encode_text(drv.builder)
+    builtin = _builtin_spec(settings, drv, rewrites) if drv.is_builtin() else None
     return BuildSpec(
         builder=builder,
         argv=(_base_name_of(builder),) + tuple(rewrite_strings(encode_text(a), rewrites) for a in drv.args),
@@ -551,7 +551,22 @@ def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
         build_dir=build_dir, build_dir_in_sandbox=build_dir_in_sandbox, cwd=build_dir_in_sandbox,
         sandbox=sandbox,
         credentials=Credentials(uid=nixenv.SANDBOX_UID, gid=nixenv.SANDBOX_GID) if sandbox else None,
-        personality_set=personality_set, personality_or=personality_or, seccomp=seccomp)
+        personality_set=personality_set, personality_or=personality_or, seccomp=seccomp, builtin=builtin)
+
+
+def _builtin_spec(settings: Settings, drv: Derivation, rewrites: Mapping[str, str]) -> BuiltinSpec:
+    """What runChild gives a builtin: the drv's env with the input rewrites, and for
+    fetchurl the host's netrc (read here: the child may run where it cannot see it)."""
+    netrc_data = ""
+    if drv.builder == "builtin:fetchurl":
+        try:
+            with open(str(settings.get("netrc-file")), encoding="utf-8", errors="surrogateescape") as f:
+                netrc_data = f.read()
+        except OSError:
+            pass  # no netrc: no credentials, as in Nix
+    return BuiltinSpec(builder=drv.builder, env=tuple((k, _rewrite(v, rewrites)) for k, v in drv.env.items()),
+                       netrc_data=netrc_data, hashed_mirrors=tuple(settings.get("hashed-mirrors") or ()),
+                       download_attempts=int(settings.get("download-attempts")))
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import io
 import os
 import tarfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from goalkeeper.store import compression, nar
 from goalkeeper.store.errors import StoreError
@@ -26,6 +25,7 @@ from goalkeeper.store.hashes import Hash
 
 from .buildenv import BuildenvError, builtin_buildenv
 from .file_transfer import DownloadError, download
+from .spec import BuiltinSpec
 
 
 class BuiltinError(Exception):
@@ -36,26 +36,15 @@ class BuiltinError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BuiltinSpec:
-    """What a builtin needs besides the environment, decided by the parent (startBuilder)."""
-
-    builder: str  # "builtin:fetchurl", ...
-    env: dict[str, str]  # drv.env with the input rewrites applied
-    netrc_data: str = ""  # the host's netrc-file, for fetchurl only
-    hashed_mirrors: tuple[str, ...] = ()
-    download_attempts: int = 5
-
-
 def run_builtin(spec: BuiltinSpec, warn: Callable[[str], None]) -> None:
     """Run the builtin in the current directory (the build dir); BuiltinError on failure."""
     try:
         if spec.builder == "builtin:fetchurl":
             builtin_fetchurl(spec, warn)
         elif spec.builder == "builtin:buildenv":
-            builtin_buildenv(spec.env, warn)
+            builtin_buildenv(dict(spec.env), warn)
         elif spec.builder == "builtin:unpack-channel":
-            builtin_unpack_channel(spec.env)
+            builtin_unpack_channel(dict(spec.env))
         else:
             raise BuiltinError(f"unsupported builtin builder '{spec.builder[len('builtin:'):]}'")
     except (BuildenvError, DownloadError) as err:
@@ -83,7 +72,7 @@ def run_in_child(spec: BuiltinSpec) -> int:
 
 def builtin_fetchurl(spec: BuiltinSpec, warn: Callable[[str], None]) -> None:
     """`builtinFetchurl`: the URL (or a hashed mirror) into `$out`, a file or an unpacked NAR."""
-    env = spec.env
+    env = dict(spec.env)
     netrc_file = None
     if spec.netrc_data:
         # curl wants a file; Nix writes it into the build directory

@@ -267,6 +267,11 @@ def _prepare(spec: BuildSpec, fds: ChildFds, seccomp_filter, step: _Steps,
 
 def _finish(spec: BuildSpec, fds: ChildFds, step: _Steps) -> None:
     """The rest: the chroot, credentials, and the exec."""
+    if spec.builtin is not None:
+        # Nix runs a builtin in this process (runChild); its code must be loaded before
+        # the chroot hides Python's files. Only builtin builds pay for the import.
+        with step("load builtin builder"):
+            from . import builtins as builtin_builders
     if spec.sandbox is not None:
         _enter_root(spec.sandbox, step)
     if spec.credentials is not None:
@@ -303,6 +308,10 @@ def _finish(spec: BuildSpec, fds: ChildFds, step: _Steps) -> None:
             resource.setrlimit(res, limits)
     with step("umask"):
         os.umask(spec.umask)
+    if spec.builtin is not None:
+        # set up: say so as exec would have, by closing the setup channel
+        os.close(fds.setup_w)
+        os._exit(builtin_builders.run_in_child(spec.builtin))
     with step("exec"):
         env = dict(spec.env)
         os.execve(spec.builder, list(spec.argv), env)

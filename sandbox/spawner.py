@@ -461,7 +461,7 @@ class SpawnerLoop:
     def _launches_directly(self, spec: BuildSpec) -> bool:
         """The spec asks for nothing but what our launch profile already gave us."""
         p = self._profile
-        return (p is not None and spec.sandbox is None and spec.credentials is None
+        return (p is not None and spec.sandbox is None and spec.credentials is None and spec.builtin is None
                 and spec.personality_set is None and spec.personality_or == p.personality_or
                 and spec.rlimits == p.rlimits and same_filter(spec.seccomp, p.seccomp)
                 and (self._filter_in_force is not None or spec.seccomp is None

@@ -147,6 +147,21 @@ class Credentials:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BuiltinSpec:
+    """A builtin builder (`builtin:fetchurl`, ...), which the child runs instead of an exec.
+
+    `env` is the derivation's own environment with the input rewrites applied (what
+    runChild hands the builtin), not the builder environment of initEnv.
+    """
+
+    builder: str
+    env: tuple[tuple[str, str], ...]
+    netrc_data: str = ""  # the host's netrc-file, for fetchurl
+    hashed_mirrors: tuple[str, ...] = ()
+    download_attempts: int = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SandboxSpec:
     """The namespaces and filesystem of a sandboxed build.
 
@@ -208,6 +223,7 @@ class BuildSpec:
     stdin_path: str = "/dev/null"
     umask: int = 0o022
     kill_with_parent: bool = True
+    builtin: BuiltinSpec | None = None  # run this in the child instead of exec'ing `builder`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,11 +253,11 @@ class LaunchProfile:
 
 _WIRE_CLASSES = (BuildSpec, SandboxSpec, IdMap, BindMount, SharedMount, ProcMount, TmpfsMount,
                  DevptsMount, MakeDir, WriteFile, Symlink, RLimit, SeccompRule, SeccompPolicy,
-                 Credentials)
+                 Credentials, BuiltinSpec)
 _WIRE_TAG = {cls: tag for tag, cls in enumerate(_WIRE_CLASSES)}
 # Per class, (field, kind): 0 a primitive or a tuple of them, 1 one of these classes or
 # None, 2 a tuple of them.
-_NESTED = {"sandbox": 1, "credentials": 1, "seccomp": 1, "uid_map": 1, "gid_map": 1,
+_NESTED = {"sandbox": 1, "credentials": 1, "seccomp": 1, "builtin": 1, "uid_map": 1, "gid_map": 1,
            "rlimits": 2, "dirs": 2, "files": 2, "symlinks": 2, "mounts": 2, "rules": 2}
 _WIRE_FIELDS = tuple(tuple((f.name, _NESTED.get(f.name, 0)) for f in fields(cls))
                      for cls in _WIRE_CLASSES)

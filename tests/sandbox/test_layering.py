@@ -32,9 +32,23 @@ def test_sandbox_never_imports_actors_or_sqlite():
             assert not name.startswith("goalkeeper.actors"), (path.name, name)
 
 
+def _module_level_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            names.update("." + (node.module or alias.name) for alias in node.names)
+    return names
+
+
+def test_child_loads_builtin_builders_only_for_builtin_builds():
+    """The one exception: a builtin builder's code, imported where the child runs one."""
+    assert ".builtins" in _imports(SANDBOX / "child.py")
+    assert ".builtins" not in _module_level_imports(SANDBOX / "child.py")
+
+
 def test_child_side_imports_only_stdlib_prctl_and_its_spec():
     for filename, siblings in CHILD_SIDE.items():
-        for name in _imports(SANDBOX / filename):
+        for name in _imports(SANDBOX / filename) - {".builtins"}:
             if name.startswith("."):
                 assert name[1:] in siblings, (filename, name)
             else:
