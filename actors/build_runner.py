@@ -565,10 +565,13 @@ class BuildRunner:
             self._running = False
 
     def _shut_down(self) -> None:
+        idle = not self._builds
         for build in list(self._builds.values()):
             self._discard(build)
         if self._spawner is not None:
-            self._spawner.stop()  # EOF: the spawner SIGKILLs every build and exits
+            # EOF: the spawner SIGKILLs every build and exits. With no build it has nothing
+            # to clean up (its prepared children die with it), and may still be starting.
+            self._spawner.stop(idle=idle)
         if self._sel is not None:
             self._sel.close()
         self._stopped = True
