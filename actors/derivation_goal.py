@@ -349,10 +349,7 @@ class DerivationGoalActor(pykka.ThreadingActor):
         if resolved is None:
             raise StoreError(f"derivation '{self.ctx.printed_drv_path}' cannot be resolved")
         # writeDerivation of the resolved BasicDerivation: a Derivation without inputDrvs
-        resolved_drv = Derivation(name=resolved.name, outputs=resolved.outputs, input_srcs=resolved.input_srcs,
-                                  platform=resolved.platform, builder=resolved.builder, args=resolved.args,
-                                  env=resolved.env)
-        path = write_derivation(store, resolved_drv)
+        path = write_derivation(store, Derivation.from_basic(resolved))
         self.resolved_drv_path = path
         self._say(f"resolved derivation: '{self.ctx.printed_drv_path}' -> '{store.print(path)}'...")
         self._tell_worker(AddWaitee(

@@ -358,8 +358,7 @@ class DerivationGoalState(GoalBase):
         """
         goal = cls(drv_path, frozenset(), build_mode, ctx)
         goal.use_derivation = False
-        goal.drv = Derivation(name=drv.name, outputs=dict(drv.outputs), input_srcs=drv.input_srcs,
-                              platform=drv.platform, builder=drv.builder, args=drv.args, env=dict(drv.env))
+        goal.drv = Derivation.from_basic(drv)
         goal.state = goal.have_derivation
         # keeps the "<drv>.chroot" directory from the garbage collector (isActiveTempFile)
         ctx.add_temp_root(drv_path)

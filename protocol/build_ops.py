@@ -234,26 +234,20 @@ def build_derivation(conn, r: WireReader) -> None:
     if not conn.trusted:
         # the path of an untrusted client's derivation is not taken on its word: recomputed
         # by writing the derivation (daemon.cc)
-        drv_path = write_derivation(conn.store, as_derivation(drv))
+        drv_path = write_derivation(conn.store, Derivation.from_basic(drv))
     events = BuildEvents(conn)
     try:
         result = conn.io.build_derivation(drv_path, drv, mode, observer=events,
                                           settings=conn.daemon.client_settings(conn.options))
     finally:
         events.stop_all()
-    built = _realisations(conn, as_derivation(drv), result.built_outputs) if result.built_outputs else {}
+    built = _realisations(conn, Derivation.from_basic(drv), result.built_outputs) if result.built_outputs else {}
     wire = WireBuildResult(status=int(result.status), error_msg=nix_error_msg(result.error_msg),
                            times_built=result.times_built, is_non_deterministic=result.is_non_deterministic,
                            start_time=result.start_time, stop_time=result.stop_time, built_outputs=built)
     w = WireWriter()
     write_build_result_body(w, wire, conn.minor)
     conn.finish(w)
-
-
-def as_derivation(drv) -> Derivation:
-    """A `BasicDerivation` as the `Derivation` without input derivations it stands for."""
-    return Derivation(name=drv.name, outputs=dict(drv.outputs), input_srcs=drv.input_srcs, platform=drv.platform,
-                      builder=drv.builder, args=drv.args, env=dict(drv.env))
 
 
 def nix_error_msg(text: str) -> str:

@@ -293,6 +293,13 @@ class Derivation(BasicDerivation):
 
     input_drvs: dict[StorePath, frozenset[str]] = field(default_factory=dict)
 
+    @classmethod
+    def from_basic(cls, drv: BasicDerivation) -> "Derivation":
+        """The `Derivation` without input derivations a `BasicDerivation` stands for
+        (a resolved derivation, or one a client sent whole)."""
+        return cls(name=drv.name, outputs=dict(drv.outputs), input_srcs=drv.input_srcs, platform=drv.platform,
+                   builder=drv.builder, args=drv.args, env=dict(drv.env))
+
     def __post_init__(self) -> None:
         BasicDerivation.__post_init__(self)  # explicit: zero-arg super() breaks in slotted dataclasses
         if not all(isinstance(o, frozenset) for o in self.input_drvs.values()):
