@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+from goalkeeper.store import valid_paths as vp
+from goalkeeper.store.db import StoreDB
 from goalkeeper.store.derivation import Derivation
 from goalkeeper.store.derivation_hash import static_output_hashes
 from goalkeeper.store.errors import StoreError
@@ -51,17 +53,26 @@ class StoreReader:
         with self._lock, self.store.using_db(self._db) as store:
             return fn(store)
 
+    def _query(self, fn: Callable[[StoreDB], T]) -> T:
+        """One of the store's statements straight on the shared connection (no store object
+        to lend it to: goals ask several per build)."""
+        with self._lock, self._db.errors("querying"):
+            return fn(self._db)
+
     def is_valid_path(self, path: StorePath) -> bool:
-        return self.run(lambda s: s.is_valid_path(path))
+        return self._query(lambda db: vp.is_valid_path(db, self.store.store_dir, path))
 
     def query_path_info(self, path: StorePath) -> ValidPathInfo | None:
-        return self.run(lambda s: s.query_path_info(path))
+        return self._query(lambda db: vp.query_path_info(db, self.store.store_dir, path))
 
     def query_partial_derivation_output_map(self, drv_path: StorePath) -> dict[str, StorePath | None]:
-        return self.run(lambda s: s.query_partial_derivation_output_map(drv_path))
+        if self.store.layout.ca_derivations:  # realisations complete the map
+            return self.run(lambda s: s.query_partial_derivation_output_map(drv_path))
+        return self._query(lambda db: dict(vp.query_derivation_outputs(db, self.store.store_dir, drv_path)))
 
     def compute_fs_closure(self, paths) -> set[StorePath]:
-        return self.run(lambda s: s.compute_fs_closure(paths))
+        """The closure of `paths` (a list) by references."""
+        return self._query(lambda db: vp.query_closure(db, self.store.store_dir, list(paths)))
 
     def query_realisation(self, output_hash: Hash, output_name: str) -> StorePath | None:
         real = self.query_realisation_info(DrvOutput(output_hash, output_name))

@@ -241,6 +241,8 @@ class LocalStore:
         include_derivers: bool = False,
     ) -> set[StorePath]:
         """`computeFSClosure` (see `closure.compute_fs_closure`)."""
+        if not (flip_direction or include_outputs or include_derivers):
+            return vp.query_closure(self.db(), self.store_dir, [paths] if isinstance(paths, StorePath) else list(paths))
         return compute_fs_closure(self, paths, flip_direction, include_outputs, include_derivers)
 
     def topo_sort_paths(self, paths: Iterable[StorePath]) -> list[StorePath]:

@@ -9,6 +9,7 @@ boundaries (one per call, or one per batch). Column conventions are Nix's:
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -33,11 +34,23 @@ class ReferenceCycle(RegistrationError):
 DerivationOutputs = Callable[[StorePath], Mapping[str, StorePath]]
 
 
+def _parse_nar_hash(text: str) -> Hash:
+    # What we (and Nix) write, "sha256:<64 lowercase hex digits>", without the general parser.
+    if len(text) == 71 and text.startswith("sha256:"):
+        try:
+            digest = bytes.fromhex(text[7:])
+        except ValueError:
+            digest = None
+        if digest is not None and digest.hex() == text[7:]:
+            return Hash("sha256", digest)
+    return Hash.parse_any(text, "sha256")
+
+
 def _info_from_row(store_dir: StoreDir, path: StorePath, row: tuple, references: Iterable[StorePath]) -> ValidPathInfo:
     _, hash_text, registration_time, deriver, nar_size, ultimate, sigs, ca = row
     return ValidPathInfo(
         path=path,
-        nar_hash=Hash.parse_any(hash_text, "sha256"),
+        nar_hash=_parse_nar_hash(hash_text),
         nar_size=nar_size or 0,
         references=frozenset(references),
         # Nix tests the column for NULL only; an empty string (old Nix wrote those) means none too.
@@ -76,6 +89,32 @@ def query_path_info(db: StoreDB, store_dir: StoreDir, path: StorePath) -> ValidP
         return _info_from_row(store_dir, path, row, (store_dir.parse(r[0]) for r in refs))
     except (BadHash, BadStorePath) as err:
         raise StoreError(f"database entry of '{store_dir.print(path)}' is corrupt: {err}") from err
+
+
+def query_closure(db: StoreDB, store_dir: StoreDir, paths: Sequence[StorePath]) -> set[StorePath]:
+    """`computeFSClosure` forwards (no outputs, no derivers): every path reachable by references.
+
+    One recursive query instead of a `queryPathInfo` per path; a reference is always
+    valid (a foreign key), so only the roots need checking.
+
+    Raises:
+        InvalidPath: a root is not valid (the last one first, as the path-by-path walk finds it).
+    """
+    ids = []
+    for path in reversed(paths):
+        row = db.execute("select id from ValidPaths where path = ?", (store_dir.print(path),)).fetchone()
+        if row is None:
+            raise InvalidPath(f"path '{store_dir.print(path)}' is not valid")
+        ids.append(row[0])
+    if not ids:
+        return set()
+    rows = db.execute(
+        "with recursive closure(id) as (select value from json_each(?) "
+        "union select reference from Refs join closure on referrer = closure.id) "
+        "select path from ValidPaths join closure using (id)",
+        (json.dumps(ids),),
+    )
+    return {store_dir.parse(r[0]) for r in rows}
 
 
 def query_referrers(db: StoreDB, store_dir: StoreDir, path: StorePath) -> set[StorePath]:
@@ -241,6 +280,8 @@ def register_valid_paths(
             if path.is_derivation():
                 check_derivation(path)
 
+    if len(by_path) < 2:
+        return  # a path's reference to itself is no cycle
     topo_sort(
         by_path,
         lambda p: by_path[p].references if p in by_path else (),

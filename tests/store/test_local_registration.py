@@ -228,3 +228,34 @@ def test_realisations_need_ca_derivations_and_follow_nix_rows(tmp_path):
                                                   dependent_realisations={DrvOutput(sha256(b"zz"), "out"): a}))
         assert store.query_realisation(DrvOutput(sha256(b"c"), "out")) is None
         assert str(ida) == f"sha256:{ida.drv_hash.base16()}!out" and DrvOutput.parse(str(ida)) == ida
+
+
+def test_closure_query_equals_the_path_by_path_walk(store):
+    import random
+
+    from goalkeeper.store.closure import compute_fs_closure as walk
+
+    rng = random.Random(4)
+    paths = [sp(store, f"q{i}") for i in range(60)]
+    infos = []
+    for i, p in enumerate(paths):
+        refs = set(rng.sample(paths[:i], min(i, rng.randrange(4))))
+        if rng.random() < 0.2:
+            refs.add(p)  # a self reference
+        infos.append(ValidPathInfo(path=p, nar_hash=NAR, references=refs))
+    store.register_valid_paths(infos)
+    for _ in range(30):
+        roots = rng.sample(paths, rng.randrange(1, 5))
+        assert store.compute_fs_closure(roots) == walk(store, roots)
+    assert store.compute_fs_closure([]) == set()
+    missing = sp(store, "missing")
+    with pytest.raises(InvalidPath, match=f"path '{store.print(missing)}' is not valid"):
+        store.compute_fs_closure([paths[0], missing])
+
+
+def test_nar_hashes_read_back_in_any_spelling_nix_accepts(store):
+    a = sp(store, "a")
+    store.register_valid_paths([ValidPathInfo(path=a, nar_hash=NAR)])
+    for spelling in ("sha256:" + NAR.base16().upper(), "sha256:" + NAR.base32(), "sha256:" + NAR.base16()):
+        store.db().execute("update ValidPaths set hash = ?", (spelling,))
+        assert store.query_path_info(a).nar_hash == NAR
