@@ -158,6 +158,12 @@ class StoreActor(pykka.ThreadingActor):
 
         def attempt() -> None:
             outcomes.clear()
+            if len(messages) == 1:
+                # Alone in its transaction: a refusal rolls back the transaction itself.
+                with db.transaction("registering valid paths"):
+                    store.register_in_transaction(db, messages[0].infos)
+                outcomes.append(None)
+                return
             with db.transaction("registering valid paths"):
                 for message in messages:
                     try:

@@ -91,6 +91,22 @@ def test_registrations_arriving_together_share_a_transaction(store, actor, tmp_p
 
 
 @pytest.mark.timeout(60)
+def test_a_lone_refused_registration_changes_nothing(store, actor):
+    x, y = sp(store, "x"), sp(store, "y")
+    with pytest.raises(ReferenceCycle):
+        actor.ask(RegisterValidPaths(infos=(ValidPathInfo(path=x, nar_hash=NAR, references={y}),
+                                            ValidPathInfo(path=y, nar_hash=NAR, references={x}))), timeout=TIMEOUT)
+    with pytest.raises(InvalidPath):
+        actor.ask(RegisterValidPaths(infos=(ValidPathInfo(path=x, nar_hash=NAR, references={sp(store, "nope")}),)),
+                  timeout=TIMEOUT)
+    assert store.query_all_valid_paths() == set()
+    # alone, a path referring to itself is registered (no cycle)
+    actor.ask(RegisterValidPaths(infos=(ValidPathInfo(path=x, nar_hash=NAR, references={x}),)), timeout=TIMEOUT)
+    assert store.query_path_info(x).references == {x}
+    assert actor.is_alive()
+
+
+@pytest.mark.timeout(60)
 def test_a_refused_registration_fails_only_its_caller(store, actor):
     blocker = sqlite3.connect(store.layout.db_path, isolation_level=None)
     blocker.execute("begin immediate")
