@@ -41,6 +41,7 @@ from .store_layout import StoreLayout
 
 _temp_counter = itertools.count()
 _DRV_HASH_CACHE_MAX = 100_000  # memoised drv hashes kept before starting afresh
+_PARSED_DRVS_MAX = 1024  # parsed .drv files kept before starting afresh (a few MB for real ones)
 
 
 class LocalStore:
@@ -62,6 +63,8 @@ class LocalStore:
         self._dbs: list[StoreDB] = []
         self._dbs_lock = threading.Lock()
         self._drv_hash_cache: DrvHashCache = {}
+        # drv path -> (the file's identity when read, experimental features, the parse).
+        self._parsed_drvs: dict[StorePath, tuple[tuple, object, Derivation]] = {}
         self._closed = False
         # (owner thread ident, fn): while a store actor runs, other threads' registrations go to it.
         self._registrar: tuple[int, Callable[[list[ValidPathInfo]], None]] | None = None
@@ -264,15 +267,35 @@ class LocalStore:
     # -- derivations ------------------------------------------------------------------------
 
     def read_derivation(self, drv_path: StorePath) -> Derivation:
-        """`readInvalidDerivation`: parse the .drv file (it need not be valid yet)."""
+        """`readInvalidDerivation`: parse the .drv file (it need not be valid yet).
+
+        A goal reads its .drv and the goal above it reads it too, to hash it as an input:
+        the parse is kept (a few per goal cost more than the rest of its bookkeeping) and
+        handed out again while the file is the same one, unchanged (inode, size, ctime).
+        """
         real = self.real_path(drv_path)
+        features = self.layout.experimental_features
+        cached = self._parsed_drvs.get(drv_path)
+        if cached is not None and cached[1] == features:
+            try:
+                st = os.stat(real)
+            except OSError:
+                pass  # read below, for Nix's error
+            else:
+                if cached[0] == (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns):
+                    return cached[2]
         try:
             with open(real, "rb") as f:
+                st = os.fstat(f.fileno())
+                identity = (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns)
                 text = f.read()
         except OSError as err:
             raise StoreError(f"cannot read derivation '{self.print(drv_path)}': {err.strerror}") from err
-        features = self.layout.experimental_features
-        return Derivation.parse(text, drv_path.derivation_name(), self.store_dir, features, self.print(drv_path))
+        drv = Derivation.parse(text, drv_path.derivation_name(), self.store_dir, features, self.print(drv_path))
+        if len(self._parsed_drvs) >= _PARSED_DRVS_MAX:
+            self._parsed_drvs = {}  # a new dict, not clear(): another thread may be reading this one
+        self._parsed_drvs[drv_path] = (identity, features, drv)
+        return drv
 
     def derivation_known_outputs(self, drv_path: StorePath,
                                  read: Callable[[StorePath], Derivation] | None = None) -> dict[str, StorePath]:

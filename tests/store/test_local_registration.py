@@ -259,3 +259,25 @@ def test_nar_hashes_read_back_in_any_spelling_nix_accepts(store):
     for spelling in ("sha256:" + NAR.base16().upper(), "sha256:" + NAR.base32(), "sha256:" + NAR.base16()):
         store.db().execute("update ValidPaths set hash = ?", (spelling,))
         assert store.query_path_info(a).nar_hash == NAR
+
+
+def test_a_parsed_derivation_is_kept_while_its_file_is_unchanged(store):
+    from goalkeeper.store.derivation import Derivation, InputAddressed
+
+    def drv(text: str) -> Derivation:
+        return Derivation(name="d", outputs={"out": InputAddressed(sp(store, "d"))}, platform="x86_64-linux",
+                          builder="/bin/sh", args=("-c", text), env={"out": store.print(sp(store, "d"))})
+
+    first = drv("true")
+    path = sp(store, "d.drv")  # readInvalidDerivation: it need not be valid
+    real = store.real_path(path)
+    with open(real, "wb") as f:
+        f.write(first.unparse(store.store_dir))
+    assert store.read_derivation(path) == first
+    assert store.read_derivation(path) is store.read_derivation(path)  # parsed once
+    with open(real, "wb") as f:  # the same path with other contents: read again
+        f.write(drv("false").unparse(store.store_dir))
+    assert store.read_derivation(path) == drv("false")
+    os.unlink(real)
+    with pytest.raises(StoreError, match="cannot read derivation"):
+        store.read_derivation(path)
