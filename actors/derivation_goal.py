@@ -31,6 +31,7 @@ from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSe
                                     StartBuild, Wake, WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp,
                                     WantDerivation, WantDrvOutputSubstitution, WantSubstitution)
 from .build_hooks import run_diff_hook, run_post_build_hook, submit
+from .goal_actor import GoalActor
 from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
@@ -57,7 +58,7 @@ class _HookEnded:
     outcome: Any = None  # register_outputs.OutputsOutcome
 
 
-class DerivationGoalActor(pykka.ThreadingActor):
+class DerivationGoalActor(GoalActor):
     def __init__(self, goal_id: int, drv_path: StorePath, wanted_outputs: frozenset[str], build_mode: BuildMode,
                  keep_going: bool, services: GoalServices, worker_ref: pykka.ActorRef, *,
                  basic_drv: BasicDerivation | None = None):

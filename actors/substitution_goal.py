@@ -21,6 +21,7 @@ from goalkeeper.store.realisations import DrvOutput
 from .derivation_goal_state import (Finished, PrintError, ResolvedFinished, Wake, WaiteeDone, WaitForBuildSlot,
                                     WakeUp, WantDrvOutputSubstitution, WantSubstitution)
 from .drv_output_substitution_goal_state import DrvOutputSubstitutionGoalState, RegisterRealisation
+from .goal_actor import GoalActor
 from .goal_context import LocalSubstitutionContext
 from .results import BuildResult, ExitCode, Status
 from .store_messages import RegisterDrvOutput
@@ -51,7 +52,7 @@ def drv_output_substitution(services: GoalServices, id: DrvOutput, repair: bool,
     return DrvOutputSubstitutionGoalState(id, repair, ctx)
 
 
-class SubstitutionGoalActor(pykka.ThreadingActor):
+class SubstitutionGoalActor(GoalActor):
     """Either substitution goal: of a store path, or of a CA derivation output's realisation."""
 
     def __init__(self, goal_id: int, state: SubstitutionGoalState | DrvOutputSubstitutionGoalState,
