@@ -251,6 +251,8 @@ def test_closure_query_equals_the_path_by_path_walk(store):
     missing = sp(store, "missing")
     with pytest.raises(InvalidPath, match=f"path '{store.print(missing)}' is not valid"):
         store.compute_fs_closure([paths[0], missing])
+    with pytest.raises(InvalidPath, match=f"path '{store.print(missing)}' is not valid"):
+        store.compute_fs_closure(missing)
 
 
 def test_nar_hashes_read_back_in_any_spelling_nix_accepts(store):
