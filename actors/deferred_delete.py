@@ -38,6 +38,11 @@ LINGER_S = 1.5  # idle time before the thread removes its trash directories and 
 
 class _Deleter:
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """A fresh state; also in a forked child, whose copy of the parent's queue, trash
+        directories and thread are the parent's (and whose copied lock may be held)."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # work queued, thread ended, or drain asked
         self._queue: deque[str] = deque()
@@ -122,6 +127,7 @@ _deleter = _Deleter()
 # Before the interpreter joins non-daemon threads at exit: end the lingering (the deletions
 # still queued are done first, as `drain` does).
 threading._register_atexit(_deleter.drain)  # type: ignore[attr-defined]  # as concurrent.futures
+os.register_at_fork(after_in_child=_deleter._reset)
 
 
 def discard(path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -64,4 +65,24 @@ deferred_delete.discard({str(tree)!r})
     start = time.monotonic()
     subprocess.run([sys.executable, "-c", script], check=True, timeout=50)
     assert time.monotonic() - start < 30  # not the 120 s of lingering
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_neither_waits_for_nor_touches_the_parents_deletions(tmp_path, monkeypatch):
+    monkeypatch.setattr(deferred_delete, "LINGER_S", 60.0)
+    (tmp_path / "build").mkdir()
+    deferred_delete.discard(str(tmp_path / "build"))  # the parent's thread lingers
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(10)  # a child waiting for its parent's thread would hang: end it instead
+        code = 0 if _deleter_threads() == [] else 1
+        try:
+            deferred_delete.drain()  # returns at once: no thread of its own
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [f".goalkeeper-trash-{os.getpid()}"]
+    deferred_delete.drain()
     assert os.listdir(tmp_path) == []
