@@ -22,14 +22,13 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
 
 from . import realise_graph
-from .realise_graph import SHAPES, prepared_store, remove_store
+from .realise_graph import SHAPES, bench_workdir, prepared_store, retire_store
 
 TARGET_RATIO = 0.25
 SANDBOXED = ["--option", "build-users-group", "", "--option", "substituters", "",
@@ -130,7 +129,7 @@ def profile(shapes: list[str], nodes: int, jobs: int) -> bool:
 
     print(f"goalkeeper realise, {nodes} trivial builds, -j {jobs}, sandbox = true, in-process: "
           "per-build step times (ms; mean, median, p90)")
-    with tempfile.TemporaryDirectory(prefix="gk-bench-") as work:
+    with bench_workdir() as work:
         for shape in shapes:
             uri, top = prepared_store(work, shape, nodes)
             timings = _Timings()
@@ -141,7 +140,7 @@ def profile(shapes: list[str], nodes: int, jobs: int) -> bool:
                                       stdout=sink)
                     seconds = time.perf_counter() - t0
             finally:
-                remove_store(os.path.join(work, "s"))
+                retire_store(work)
             if status != 0:
                 raise SystemExit(f"goalkeeper failed on {shape}/{nodes} (exit {status})")
             print(f"  {shape}: {seconds / nodes * 1e3:.2f} ms per build (wall)")
