@@ -1,8 +1,9 @@
-"""What both goal actors share: a thread started without waiting for it."""
+"""What both goal actors share: a thread started without waiting for it, and no registry."""
 
 from __future__ import annotations
 
 import _thread
+from typing import Any
 
 import pykka
 
@@ -17,6 +18,18 @@ class GoalActor(pykka.ThreadingActor):
     until its loop runs. The thread is a plain one, so the interpreter does not wait
     for it at exit; `Engine.close` stops every goal first.
     """
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef:
+        """`pykka.Actor.start` without registering the actor in `pykka.ActorRegistry`.
+
+        The registry is a list: each actor's stop removes itself with a linear search,
+        0.46 ms with 10,000 goals alive, paid once per goal (quadratic in a wide graph).
+        Goals are found through the worker, never through the registry.
+        """
+        actor = cls(*args, **kwargs)
+        actor._start_actor_loop()
+        return actor.actor_ref
 
     def _start_actor_loop(self) -> None:
         _thread.start_new_thread(self._actor_loop, ())
