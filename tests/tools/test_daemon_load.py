@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from goalkeeper.tools.bench.daemon_queries import wait_for_socket
+from goalkeeper.tools.bench.daemon_queries import stop_daemon, wait_for_socket
 
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(120)]
 
@@ -88,12 +88,7 @@ def plain_daemon(tmp_path):
         yield tmp_path, proc, f"unix://{sock}?store={tmp_path}/store"
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_daemon(proc)
 
 
 def nix_argv(uri: str, *argv) -> list[str]:
