@@ -80,7 +80,6 @@ class DerivationGoalActor(GoalActor):
         self.build_id: int | None = None
         self.resolved_drv_path: StorePath | None = None
         self._said_waiting = False
-        self._alone = False  # handling an activation alone in its round (worker_messages.Alone)
         self.prev_infos: dict | None = None  # the previous round's outputs (build-repeat)
         self.recursive = None  # the running build's recursive-nix daemon (recursive_daemon.py)
         self.added_paths: frozenset[StorePath] = frozenset()  # what it added or built (addedPaths)
@@ -97,12 +96,8 @@ class DerivationGoalActor(GoalActor):
             case Cancel():
                 self._cancel()
             case Alone(event=event, slot_lent=lent):
-                self._alone = True
                 took = lent and self.state.lend_build_slot()
-                try:
-                    self._handle(event)
-                finally:
-                    self._alone = False
+                self._handle_alone(event)
                 unused = lent and (not took or self.state.return_unused_slot())
                 self._tell_worker(GoalIdle(goal=self.goal_id, slot_unused=unused))
             case _HookEnded(messages=messages, event=event, outcome=outcome):

@@ -33,3 +33,14 @@ class GoalActor(pykka.ThreadingActor):
 
     def _start_actor_loop(self) -> None:
         _thread.start_new_thread(self._actor_loop, ())
+
+    # handling an activation alone in its round (worker_messages.Alone): wake-ups run at once
+    _alone = False
+
+    def _handle_alone(self, event: Any) -> None:
+        """Handle `event` (with the subclass's `_handle`), the only activation of its round."""
+        self._alone = True
+        try:
+            self._handle(event)
+        finally:
+            self._alone = False

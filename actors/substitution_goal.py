@@ -63,7 +63,6 @@ class SubstitutionGoalActor(GoalActor):
         self.worker_ref = worker_ref
         self.state = state
         self._cancelled = False
-        self._alone = False  # handling an activation alone in its round (worker_messages.Alone)
 
     def _tell_worker(self, message: object) -> None:
         tell_worker(self.worker_ref, message)
@@ -76,11 +75,7 @@ class SubstitutionGoalActor(GoalActor):
             case AddWantedOutputs():
                 pass  # only derivation goals have outputs
             case Alone(event=event):  # no slot is lent to a substitution
-                self._alone = True
-                try:
-                    self._handle(event)
-                finally:
-                    self._alone = False
+                self._handle_alone(event)
                 self._tell_worker(GoalIdle(goal=self.goal_id))
             case _:
                 if isinstance(message, SubstitutionFinished):

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 
-from goalkeeper.store.binary_cache import _curl_reason
+from goalkeeper.store.binary_cache import curl_reason
 
 CHUNK_SIZE = 1 << 16
 MAX_REDIRECTS = 10
@@ -97,7 +97,7 @@ def _http_chunks(url: str, netrc_file: str | None) -> Iterator[bytes]:
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as err:
             # curl's resolve, connect and receive errors are all transient to Nix
-            raise DownloadError(f"unable to download '{url}': {_curl_reason(err)}", transient=True) from err
+            raise DownloadError(f"unable to download '{url}': {curl_reason(err)}", transient=True) from err
         try:
             if response.status in _REDIRECTS and response.getheader("Location"):
                 current = urllib.parse.urljoin(current, response.getheader("Location"))
@@ -110,7 +110,7 @@ def _http_chunks(url: str, netrc_file: str | None) -> Iterator[bytes]:
                 while chunk := response.read(CHUNK_SIZE):
                     yield chunk
             except (OSError, http.client.HTTPException) as err:
-                raise DownloadError(f"unable to download '{url}': {_curl_reason(err)}", transient=True) from err
+                raise DownloadError(f"unable to download '{url}': {curl_reason(err)}", transient=True) from err
             return
         finally:
             conn.close()

@@ -118,7 +118,8 @@ def _connect_nodelay(conn: http.client.HTTPConnection) -> None:
 
 
 # curl's texts and codes for what Python reports, so messages read as Nix's do
-def _curl_reason(err: BaseException) -> str:
+def curl_reason(err: BaseException) -> str:
+    """curl's wording (and code) for a failed transfer, as Nix's messages quote it."""
     if isinstance(err, socket.gaierror):
         return "Couldn't resolve host name (6)"
     if isinstance(err, ConnectionRefusedError):
@@ -182,10 +183,10 @@ class HttpTransport:
                 self._drop_connection()
                 if reused and attempt == 0:
                     continue  # the server closed an idle keep-alive connection: once more, afresh
-                raise TransferError(f"unable to download '{self.url(rel)}': {_curl_reason(err)}") from err
+                raise TransferError(f"unable to download '{self.url(rel)}': {curl_reason(err)}") from err
             except (OSError, http.client.HTTPException) as err:
                 self._drop_connection()
-                raise TransferError(f"unable to download '{self.url(rel)}': {_curl_reason(err)}") from err
+                raise TransferError(f"unable to download '{self.url(rel)}': {curl_reason(err)}") from err
         raise AssertionError("unreachable")
 
     def _status_error(self, rel: str, response: http.client.HTTPResponse) -> TransferError:
@@ -203,7 +204,7 @@ class HttpTransport:
             return response.read()
         except (OSError, http.client.HTTPException) as err:
             self._drop_connection()
-            raise TransferError(f"unable to download '{self.url(rel)}': {_curl_reason(err)}") from err
+            raise TransferError(f"unable to download '{self.url(rel)}': {curl_reason(err)}") from err
 
     def exists(self, rel: str) -> bool:
         response = self._request("HEAD", rel)
@@ -230,7 +231,7 @@ class HttpTransport:
                 yield chunk
             complete = True
         except (OSError, http.client.HTTPException) as err:
-            raise TransferError(f"unable to download '{self.url(rel)}': {_curl_reason(err)}") from err
+            raise TransferError(f"unable to download '{self.url(rel)}': {curl_reason(err)}") from err
         finally:
             if not complete:  # abandoned mid-body: the connection can't be reused
                 self._drop_connection()
