@@ -147,6 +147,9 @@ class BuildRunner:
         self._spawner: Spawner | None = None
         self._sel: selectors.BaseSelector | None = None
         self._builds: dict[int, _Build] = {}
+        # Builds the spawner has a process for: sent, and no Exited seen yet.  A killed
+        # build leaves _builds at once but stays here until the spawner has reaped it.
+        self._unreaped: set[int] = set()
         self._timed: set[_Build] = set()  # running builds with a deadline
         self._running = True
 
@@ -270,6 +273,7 @@ class BuildRunner:
         build.tail = collections.deque(maxlen=build.log_lines)
         build.start_time = int(time.time())  # result.startTime, set before the fork
         self._builds[build.build_id] = build
+        self._unreaped.add(build.build_id)
         self._spawner.spawn(build.build_id, build.spec)
         # Nix opens the log file before it forks; here the child is set up meanwhile (a
         # new file costs an inode: ~0.1-0.5 ms).  Nothing is read from the build before
@@ -284,6 +288,8 @@ class BuildRunner:
             self._spawner_died()
             return
         for event in events:
+            if isinstance(event, Exited):
+                self._unreaped.discard(event.build_id)
             build = self._builds.get(event.build_id)
             if build is None:  # killed by us, or an Exited after SetupFailed
                 if isinstance(event, Spawned):
@@ -555,6 +561,7 @@ class BuildRunner:
         """Fail every build in flight and start a new spawner for the next ones."""
         self._sel.unregister(self._spawner.fileno())
         self._spawner.stop()
+        self._unreaped.clear()
         for build in list(self._builds.values()):
             _kill_orphaned_builder(build)
             self._fail(build, "the build spawner exited")
@@ -565,7 +572,10 @@ class BuildRunner:
             self._running = False
 
     def _shut_down(self) -> None:
-        idle = not self._builds
+        # Not `not self._builds`: a build killed a moment ago is gone from there while
+        # the spawner may not have read the kill yet; SIGKILLing the spawner then would
+        # leave its builder (vfork-launched: no parent-death signal) running.
+        idle = not self._unreaped
         for build in list(self._builds.values()):
             self._discard(build)
         if self._spawner is not None:

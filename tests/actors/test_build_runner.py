@@ -239,6 +239,19 @@ def test_stop_kills_every_build(make_runner, work):
         Build(runner, spec(work, "true"))
 
 
+def test_stop_right_after_a_kill_leaves_no_builder(make_runner, work):
+    """The killed build is no longer the runner's, but until the spawner has read the kill
+    its builder runs: stopping then must not SIGKILL the spawner as if it were idle (a
+    vfork-launched builder has no parent-death signal and would outlive it)."""
+    runner = make_runner()
+    build = Build(runner, spec(work, "echo $$ > pid; echo started; exec sleep 30"))
+    assert isinstance(build.next(), BuildStarted)
+    _wait_for_pid(work / "pid")
+    runner.kill(build.id)
+    runner.stop()
+    assert not _alive(int((work / "pid").read_text())), "the builder outlived the runner"
+
+
 def test_a_dead_spawner_fails_its_builds_and_is_replaced(make_runner, work):
     runner = make_runner()
     build = Build(runner, spec(work, "echo $$ > pid; echo started; exec sleep 30"))
