@@ -10,6 +10,7 @@ goal is finished or cancelled.
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from dataclasses import dataclass
 from functools import partial
@@ -23,8 +24,8 @@ from goalkeeper.store.errors import StoreError
 from goalkeeper.store.paths import StorePath
 from goalkeeper.store.realisations import DrvOutput, Realisation
 
-from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSetupFailed, DerivationGoalState,
-                                    GiveBackBuildSlot,
+from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSetupFailed, BuildUserKilled,
+                                    DerivationGoalState, GiveBackBuildSlot, KillBuildUser,
                                     Finished, OutputsRegistered, PostBuildHookFinished, PrintError, RegisterOutputs,
                                     RegisterResolvedRealisations, ResolveAndBuild, ResolvedFinished,
                                     RunPostBuildHook, Started,
@@ -36,6 +37,7 @@ from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
 from .substitution_goal import drv_output_substitution, path_substitution
+from .user_lock import UserLock, UserLockError, build_users_enabled, submit_kill_user
 from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, Cancel, GoalFinished, GoalIdle, GoalSaid,
                               GoalStarted, ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
@@ -72,14 +74,17 @@ class DerivationGoalActor(GoalActor):
         self.worker_ref = worker_ref
         self.ctx = LocalGoalContext(services.reader, services.settings, drv_path, keep_going=keep_going,
                                     on_wait=self._say)
+        group = str(services.settings.build_users_group or "")
+        new_user_lock = partial(UserLock, group) if build_users_enabled(group) else None
         if basic_drv is None:
-            self.state = DerivationGoalState(drv_path, wanted_outputs, build_mode, self.ctx)
+            self.state = DerivationGoalState(drv_path, wanted_outputs, build_mode, self.ctx,
+                                             new_user_lock=new_user_lock)
         else:
-            self.state = DerivationGoalState.for_basic_derivation(drv_path, basic_drv, build_mode, self.ctx)
+            self.state = DerivationGoalState.for_basic_derivation(drv_path, basic_drv, build_mode, self.ctx,
+                                                                  new_user_lock=new_user_lock)
         self.plan = None  # the running build's BuildPlan
         self.build_id: int | None = None
         self.resolved_drv_path: StorePath | None = None
-        self._said_waiting = False
         self.prev_infos: dict | None = None  # the previous round's outputs (build-repeat)
         self.recursive = None  # the running build's recursive-nix daemon (recursive_daemon.py)
         self.added_paths: frozenset[StorePath] = frozenset()  # what it added or built (addedPaths)
@@ -131,6 +136,7 @@ class DerivationGoalActor(GoalActor):
         self._tell_worker(GoalFinished(goal=self.goal_id, finished=Finished(exit_code=ExitCode.FAILED,
                                                                                 result=result)))
         self._kill_build()
+        self._give_up_build_user()
         self.ctx.unlock_outputs(delete=False)
         self.services.store.release_thread_db()
 
@@ -155,13 +161,22 @@ class DerivationGoalActor(GoalActor):
                 self._tell_worker(RequestBuildSlot(goal=self.goal_id))
             case GiveBackBuildSlot():
                 self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
-            case WaitForAWhile(reason=reason):
-                if not self._said_waiting:  # Nix keeps one "waiting for lock" activity per goal
-                    self._said_waiting = True
-                    self._say(reason + "...")  # an activity, printed as Nix's logger starts one
+            case WaitForAWhile(reason=reason, announce=announce):
+                if announce:  # Nix's actLock activity starts
+                    self._say(reason + "...")  # printed as Nix's logger starts an activity
                 self._tell_worker(WaitAWhile(goal=self.goal_id))
-            case StartBuild():
-                self._start_build(pending)
+            case KillBuildUser(uid=uid):
+                me = self.actor_ref
+
+                def killed(error: str | None) -> None:
+                    try:
+                        me.tell(BuildUserKilled(error=error))
+                    except pykka.ActorDeadError:
+                        pass  # cancelled meanwhile
+
+                submit_kill_user(uid, killed)
+            case StartBuild(build_user=build_user):
+                self._start_build(pending, build_user)
             case Started(message=message):
                 if self.build_id is not None:  # not when startBuilder refused: Nix prints nothing then
                     self._tell_worker(GoalStarted(goal=self.goal_id, message=message))
@@ -208,7 +223,7 @@ class DerivationGoalActor(GoalActor):
 
     # -- the build -------------------------------------------------------------------------
 
-    def _start_build(self, pending: list) -> None:
+    def _start_build(self, pending: list, build_user) -> None:
         from .start_builder import BuildSetupError, start_builder
 
         state = self.state
@@ -217,14 +232,17 @@ class DerivationGoalActor(GoalActor):
             self.plan = start_builder(
                 self.services.store, self.services.settings, drv=state.drv, drv_path=self.drv_path,
                 initial_outputs={name: out.known for name, out in state.initial_outputs.items()},
-                build_mode=state.build_mode, input_paths=state.input_paths)
+                build_mode=state.build_mode, input_paths=state.input_paths, build_user=build_user)
             if self.plan.recursive:
                 self._start_recursive(state.input_paths)
+                if build_user is not None:  # chownToBuilder(socketPath)
+                    _chown_to_builder(self.recursive.socket_path, build_user)
         except BuildSetupError as err:
             self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
             pending.append(BuildSetupFailed(message=err.message, input_rejected=err.is_build_error))
             return
         except StoreError as err:
+            self._stop_recursive()
             self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
             pending.append(BuildSetupFailed(message=str(err), input_rejected=False))
             return
@@ -318,6 +336,17 @@ class DerivationGoalActor(GoalActor):
             self.build_id = None
         self._stop_recursive()
 
+    def _give_up_build_user(self) -> None:
+        """killChild's `buildUser->kill()`, then the lock's release, off this thread: the
+        uid is free again only once nothing of this build runs under it."""
+        lock = self.state.take_build_user()
+        if lock is None:
+            return
+        if lock.build_user is None:
+            lock.release()
+            return
+        submit_kill_user(lock.build_user.uid, lambda _error: lock.release())
+
     def _start_recursive(self, input_paths: frozenset[StorePath]) -> None:
         from .recursive_daemon import start_recursive_daemon
 
@@ -381,6 +410,15 @@ class DerivationGoalActor(GoalActor):
     def _cancel(self) -> None:
         """Nobody waits for this goal any more (~DerivationGoal): kill the builder, keep nothing locked."""
         self._kill_build()
+        self._give_up_build_user()
         self.ctx.unlock_outputs(delete=False)
         self._delete_build_dir(keep=bool(self.services.settings.get("keep-failed")))
         self.stop()
+
+
+def _chown_to_builder(path: str, build_user) -> None:
+    """`chownToBuilder`: the build user owns `path` (a plain Nix Error if it cannot)."""
+    try:
+        os.chown(path, build_user.uid, build_user.gid)
+    except OSError as e:
+        raise UserLockError(f"cannot change ownership of '{path}': {e.strerror}") from e

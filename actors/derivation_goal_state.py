@@ -16,6 +16,7 @@ effects whose results come back as `BuildExited` / `OutputsRegistered`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,7 @@ from goalkeeper.store.realisations import DrvOutput
 from goalkeeper.store.settings import MissingExperimentalFeature
 
 from .results import BuildResult, ExitCode, FailureKind, Status
+from .user_lock import BuildUser
 
 
 class BuildMode(enum.IntEnum):
@@ -99,9 +101,14 @@ class WantDrvOutputSubstitution:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WaitForAWhile:
-    """`worker.waitForAWhile`: wake again after a poll interval (locks, build users)."""
+    """`worker.waitForAWhile`: wake again after a poll interval (locks, build users).
+
+    `announce`: Nix's `actLock` activity starts now (the goal was not already waiting);
+    it ends once the lock or the uid is taken, so a later wait is announced again.
+    """
 
     reason: str
+    announce: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,6 +134,14 @@ class StartBuild:
     input_paths: frozenset[StorePath]
     cur_round: int
     nr_rounds: int
+    build_user: BuildUser | None = None  # run as this member of build-users-group
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KillBuildUser:
+    """`buildUser->kill()` off the goal's thread: the actor answers BuildUserKilled."""
+
+    uid: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,7 +205,7 @@ class PrintError:
 
 Effect = (
     PrintError | WantDerivation | WantSubstitution | WaitForAWhile | WaitForBuildSlot | WakeUp | StartBuild
-    | RegisterOutputs | RunPostBuildHook | ResolveAndBuild | RegisterResolvedRealisations | Started | Finished
+    | KillBuildUser | RegisterOutputs | RunPostBuildHook | ResolveAndBuild | RegisterResolvedRealisations | Started | Finished
 )
 
 
@@ -262,10 +277,26 @@ class ResolvedFinished:
     exit_code: ExitCode
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildUserKilled:
+    """killUser ended; `error` is Nix's message if it failed (an Error: the run ends)."""
+
+    error: str | None = None
+
+
 Event = (
     Wake | WaiteeDone | BuildStarted | BuildSetupFailed | BuildExited | BuildKilled | OutputsRegistered
-    | PostBuildHookFinished | ResolvedFinished
+    | PostBuildHookFinished | ResolvedFinished | BuildUserKilled
 )
+
+
+class UserLockLike(Protocol):
+    """What the goal uses of `user_lock.UserLock` (`buildUser`)."""
+
+    build_user: BuildUser | None
+
+    def find_free_user(self) -> bool: ...
+    def release(self) -> None: ...
 
 
 class GoalContext(Protocol):
@@ -320,7 +351,9 @@ class DerivationGoalState(GoalBase):
     """One derivation goal; `handle(event)` runs the seed's state and returns effects."""
 
     def __init__(self, drv_path: StorePath, wanted_outputs: frozenset[str], build_mode: BuildMode,
-                 ctx: GoalContext):
+                 ctx: GoalContext, *, new_user_lock: Callable[[], UserLockLike] | None = None):
+        """`new_user_lock`: makes the goal's `buildUser` when build users are on (root and a
+        non-empty build-users-group); None: builds run as the caller."""
         self.drv_path = drv_path
         self.wanted_outputs: set[str] = set(wanted_outputs)
         self.build_mode = build_mode
@@ -347,16 +380,21 @@ class DerivationGoalState(GoalBase):
         # Nix's useDerivation: false for a goal given its derivation in memory (its .drv
         # need not exist): no input derivations, no resolution, no drv closure to consult
         self.use_derivation = True
+        self.new_user_lock = new_user_lock
+        self.build_user: UserLockLike | None = None  # Nix's buildUser
+        self._act_lock = False  # Nix's actLock: a "waiting for ..." activity is going on
+        self._after_kill: Callable[[], None] | None = None  # what follows the running killUser
 
     @classmethod
     def for_basic_derivation(cls, drv_path: StorePath, drv: BasicDerivation, build_mode: BuildMode,
-                             ctx: GoalContext) -> "DerivationGoalState":
+                             ctx: GoalContext, *,
+                             new_user_lock: Callable[[], UserLockLike] | None = None) -> "DerivationGoalState":
         """The goal `Worker::makeBasicDerivationGoal` makes (`Store::buildDerivation`).
 
         It wants every output and starts at `have_derivation` with `drv` (as a `Derivation`
         without input derivations); the `.drv` is never read, so it need not be valid.
         """
-        goal = cls(drv_path, frozenset(), build_mode, ctx)
+        goal = cls(drv_path, frozenset(), build_mode, ctx, new_user_lock=new_user_lock)
         goal.use_derivation = False
         goal.drv = Derivation.from_basic(drv)
         goal.state = goal.have_derivation
@@ -402,10 +440,13 @@ class DerivationGoalState(GoalBase):
                     status = Status.InputRejected if rejected else Status.MiscFailure
                     self._done(status, msg, thrown=not rejected)
                 case BuildExited():
-                    self.build_done(event)
+                    # buildDone: no process of the build user may outlive the build, or it
+                    # could change the outputs after they were checked and chown'ed to us
+                    self._kill_build_user_then(lambda: self.build_done(event))
                 case BuildKilled(status=status, message=msg):
-                    self.ctx.unlock_outputs(delete=False)
-                    self._done(status, msg)
+                    self._kill_build_user_then(lambda: self.build_killed(status, msg))
+                case BuildUserKilled(error=error):
+                    self.build_user_killed(error)
                 case OutputsRegistered():
                     self.outputs_registered(event)
                 case PostBuildHookFinished(error=error):
@@ -618,9 +659,9 @@ class DerivationGoalState(GoalBase):
             if self._has_slot:  # Nix counts only running builds: no slot is kept while waiting for a lock
                 self._has_slot = False
                 self._emit(GiveBackBuildSlot())
-            self._emit(WaitForAWhile(reason="waiting for lock on "
-                                     + ", ".join(f"'{self._print(p)}'" for p in lock_paths)))
+            self._wait_for_a_while("waiting for lock on " + ", ".join(f"'{self._print(p)}'" for p in lock_paths))
             return
+        self._act_lock = False
         self.check_path_validity()
         if self.build_mode is not BuildMode.Check and self._all_wanted_valid():
             # "skipping build of derivation '…', someone beat us to it"
@@ -642,6 +683,9 @@ class DerivationGoalState(GoalBase):
 
     def try_local_build(self) -> None:
         if self._has_slot:
+            if self.new_user_lock is not None:
+                self._acquire_build_user()
+                return
             self._start_builder()
             return
         # Nix 2.8's tryLocalBuild with every slot taken: give up the output locks while
@@ -652,11 +696,66 @@ class DerivationGoalState(GoalBase):
         self.state = self.try_to_build
         self._emit(WaitForBuildSlot())
 
+    def _acquire_build_user(self) -> None:
+        """tryLocalBuild with build users: take a free uid and kill its processes, or wait.
+
+        The slot stays with the goal while it waits: Nix counts running builds only, but
+        every other build would wait for a uid as well.
+        """
+        if self.build_user is None:
+            self.build_user = self.new_user_lock()
+        if not self.build_user.find_free_user():
+            self.state = self.try_local_build
+            self._wait_for_a_while(f"waiting for UID to build '{self.ctx.printed_drv_path}'")
+            return
+        self._act_lock = False
+        # Make sure that no other processes are executing under this uid.
+        self._has_slot = False  # the build holds it now (the kill runs off this thread)
+        self._kill_build_user_then(self._start_builder)
+
+    def _kill_build_user_then(self, then: Callable[[], None]) -> None:
+        """`buildUser->kill()`, then `then` (at once when there is no build user)."""
+        if self.build_user is None or self.build_user.build_user is None:
+            then()
+            return
+        self._after_kill = then
+        self.state = self._killing_build_user
+        self._emit(KillBuildUser(uid=self.build_user.build_user.uid))
+
+    def _killing_build_user(self) -> None:
+        """Spurious wake-ups while killUser runs are ignored (it reports BuildUserKilled)."""
+
+    def build_user_killed(self, error: str | None) -> None:
+        then, self._after_kill = self._after_kill, None
+        assert then is not None
+        if error is not None:
+            # killUser throws an Error: it escapes work() and ends the run
+            self.ctx.unlock_outputs(delete=False)
+            raise GoalError(error)
+        then()
+
+    def _release_build_user(self) -> None:
+        """`buildUser.reset()`: another build may take the uid now."""
+        if self.build_user is not None:
+            user, self.build_user = self.build_user, None
+            user.release()
+
+    def take_build_user(self) -> UserLockLike | None:
+        """For a goal going away (cancelled, crashed): hand over its build user, which the
+        actor kills and then releases, as ~DerivationGoal's killChild does."""
+        user, self.build_user = self.build_user, None
+        return user
+
+    def _wait_for_a_while(self, reason: str) -> None:
+        announce, self._act_lock = not self._act_lock, True
+        self._emit(WaitForAWhile(reason=reason, announce=announce))
+
     def _start_builder(self) -> None:
         self._has_slot = False  # the build holds it now; the actor frees it when the build ends
         self.state = self._building
+        build_user = self.build_user.build_user if self.build_user is not None else None
         self._emit(StartBuild(drv_path=self.drv_path, input_paths=self.input_paths,
-                              cur_round=self.cur_round, nr_rounds=self.nr_rounds))
+                              cur_round=self.cur_round, nr_rounds=self.nr_rounds, build_user=build_user))
         self._emit(Started(message=self._started_message()))
 
     def _building(self) -> None:
@@ -671,6 +770,11 @@ class DerivationGoalState(GoalBase):
         if self.nr_rounds > 1:
             return f"building '{p}' (round {self.cur_round}/{self.nr_rounds})"
         return f"building '{p}'"
+
+    def build_killed(self, status: Status, message: str) -> None:
+        """timedOut / the log limit: killChild (the build user's processes too), then done."""
+        self.ctx.unlock_outputs(delete=False)
+        self._done(status, message)
 
     def build_done(self, event: BuildExited) -> None:
         self.times_built += 1
@@ -729,6 +833,7 @@ class DerivationGoalState(GoalBase):
             return
         if event.more_rounds:
             self.cur_round += 1
+            self._release_build_user()  # buildDone ends; the next round takes a uid anew
             self.ctx.unlock_outputs(delete=False)
             self.state = self.try_to_build
             self._emit(WakeUp())
@@ -802,6 +907,9 @@ class DerivationGoalState(GoalBase):
 
     def _finish(self, code: ExitCode, result: BuildResult, failure: FailureKind | None = None,
                 thrown: bool = False) -> None:
+        # At the end of buildDone, after the outputs are registered (or when startBuilder
+        # failed): not earlier, or another build could take the uid and touch them.
+        self._release_build_user()
         self.finished = Finished(exit_code=code, result=result, failure=failure, thrown=thrown)
         self.state = self._after_done
         self._emit(self.finished)

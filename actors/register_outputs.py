@@ -197,8 +197,10 @@ class _Registration:
                 continue  # AlreadyRegistered: its valid path stays as it is
             actual = self.actual_path(scratch_outputs[name])
             stats[name] = self._lstat_output(name, actual)
-            # Canonicalise first, so that nothing below is a hard link to a foreign file.
-            canonicalise_path_metadata(actual, None, self.inodes_seen, ignored_acls=self.settings.ignored_acls)
+            # Canonicalise first, so that nothing below is a hard link to a foreign file
+            # (with a build user: to a file that user does not own, "invalid ownership").
+            canonicalise_path_metadata(actual, self._build_uid(), self.inodes_seen,
+                                       ignored_acls=self.settings.ignored_acls)
             # `scanForReferences`; where the NAR is final already, one pass also hashes it.
             found = RefScanSink(by_hash_part)
             if hash_while_scanning:
@@ -269,11 +271,15 @@ class _Registration:
     def _want_diff_hook(self, try_a: str, try_b: str) -> None:
         if not (self.settings.diff_hook and self.settings.run_diff_hook):
             return
-        credentials = self.plan.spec.credentials if self.plan.spec.sandbox is None else None
+        build_user = self.plan.build_user
         self.diff_hook = DiffHookRequest(
             try_a=try_a, try_b=try_b, drv_path=self.printed_drv, tmp_dir=self.plan.build_dir,
-            uid=credentials.uid if credentials else os.getuid(),
-            gid=credentials.gid if credentials else os.getgid())
+            uid=build_user.uid if build_user else os.getuid(),
+            gid=build_user.gid if build_user else os.getgid())
+
+    def _build_uid(self) -> int | None:
+        """The build user's uid (`buildUser ? buildUser->getUID() : -1`)."""
+        return self.plan.build_user.uid if self.plan.build_user is not None else None
 
     def _lstat_output(self, name: str, actual: str) -> os.stat_result:
         try:
@@ -283,8 +289,11 @@ class _Registration:
                                  f"output '{name}' at '{actual}'") from None
         except OSError as e:
             raise StoreError(f"getting attributes of path '{actual}': {e.strerror}") from e
-        # Group- or world-writable: someone else may have interfered with the build.
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Group- or world-writable, or not the build user's: someone else may have
+        # interfered with the build.
+        build_uid = self._build_uid()
+        if ((not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+                or (build_uid is not None and st.st_uid != build_uid)):
             raise RejectedOutput(f"suspicious ownership or permission on '{actual}' for output '{name}'; "
                                  "rejecting this build output")
         return st

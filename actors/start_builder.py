@@ -7,9 +7,14 @@ environment and arguments, the files written into the build directory, and the
 chroot.  Running the builder is `build_runner.py`'s job; the result is a
 `sandbox.spec.BuildSpec` the spawner applies.
 
-Not here, as in goalkeeper generally: build users (the builder runs as the caller,
-as Nix does with `build-users-group = ""`), and `exportReferencesGraph` under
-structured attributes (Nix writes pathInfoToJSON there). A builtin builder
+With a build user (`user_lock.py`; the goal takes one before calling this), the
+builder runs as that user: it owns the build directory and the files written for it
+(chownToBuilder), the chroot and its store dir belong to root and the build users
+group, the sandbox's uid 1000 and gid 100 map to it, and unsandboxed it gets its uid,
+gid and supplementary groups.
+
+Not here: `exportReferencesGraph` under structured attributes (Nix writes
+pathInfoToJSON there). A builtin builder
 (`builtin:fetchurl` ...) gets a spec like any other build, plus a `BuiltinSpec`
 the child runs instead of an exec (`sandbox/builtins.py`).
 """
@@ -48,6 +53,7 @@ from goalkeeper.store.settings import SandboxMode, Settings
 
 from .deferred_delete import discard, drain
 from .derivation_goal_state import BuildMode, KnownOutput
+from .user_lock import BuildUser
 
 if TYPE_CHECKING:
     from goalkeeper.store.local import LocalStore
@@ -76,6 +82,7 @@ class BuildPlan:
         builtin: a `builtin:` builder (its build directory is never kept).
         recursive: the derivation requires `recursive-nix`: the goal serves a restricted
             store on ``<build_dir>/.nix-socket`` while the builder runs.
+        build_user: the member of build-users-group the builder runs as, or None.
     """
 
     drv_path: StorePath
@@ -88,6 +95,7 @@ class BuildPlan:
     spec: BuildSpec
     builtin: bool = False
     recursive: bool = False
+    build_user: BuildUser | None = None
 
 
 class BuildSetupError(Exception):
@@ -107,7 +115,7 @@ class BuildSetupError(Exception):
 
 def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv_path: StorePath,
                   initial_outputs: Mapping[str, KnownOutput | None], build_mode: BuildMode,
-                  input_paths: frozenset[StorePath]) -> BuildPlan:
+                  input_paths: frozenset[StorePath], build_user: BuildUser | None = None) -> BuildPlan:
     """Decide and prepare one local build, as startBuilder does up to the fork.
 
     Creates the build directory (and, when sandboxed, the chroot with the
@@ -119,6 +127,7 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
         initial_outputs: every output of ``drv`` -> its known path and status, or None
             when the path is not known in advance (floating CA).
         input_paths: the input closure (`inputPaths`).
+        build_user: run the builder as this build user (it holds its uid's lock).
 
     Raises:
         BuildSetupError: with Nix's message.
@@ -138,16 +147,17 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
     build_dir = create_temp_dir(f"nix-build-{drv_path.name}")
     chroot_root = None
     try:
+        _chown_to_builder(build_dir, build_user)
         build_dir_in_sandbox = settings.sandbox_build_dir if use_chroot else build_dir
         scratch, rewrites, redirected = _scratch_outputs(store, drv, drv_path, initial_outputs,
                                                          build_mode, needs_hash_rewrite=not use_chroot)
         env = _environment(store, settings, drv, parsed, dtype, build_dir, build_dir_in_sandbox,
-                           rewrites, input_paths)
+                           rewrites, input_paths, build_user)
         sandbox = None
         if use_chroot:
             chroot_root = store.real_path(drv_path) + ".chroot"
             sandbox = _sandbox(store, settings, drv, parsed, dtype, printed, chroot_root,
-                               build_dir, build_dir_in_sandbox, input_paths)
+                               build_dir, build_dir_in_sandbox, input_paths, build_user)
         elif os.path.exists(nixenv.HOME_DIR):
             raise BuildSetupError(f"home directory '{nixenv.HOME_DIR}' exists; please remove it to "
                                   "assure purity of builds without sandboxing")
@@ -156,7 +166,7 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
             # startDaemon: the builder's client talks to the restricted store on this socket
             # (created by the goal, `restricted_store.py`), named as the builder sees it.
             env = sorted({**dict(env), "NIX_REMOTE": f"unix://{build_dir_in_sandbox}/{RECURSIVE_SOCKET}"}.items())
-        spec = _build_spec(settings, drv, env, rewrites, build_dir, build_dir_in_sandbox, sandbox)
+        spec = _build_spec(settings, drv, env, rewrites, build_dir, build_dir_in_sandbox, sandbox, build_user)
     except BaseException as e:
         for path in (build_dir, chroot_root):
             if path is not None:
@@ -168,7 +178,8 @@ def start_builder(store: LocalStore, settings: Settings, *, drv: Derivation, drv
         raise
     return BuildPlan(drv_path=drv_path, build_dir=build_dir, chroot_root=chroot_root,
                      use_chroot=use_chroot, scratch_outputs=scratch, input_rewrites=rewrites,
-                     redirected_outputs=redirected, spec=spec, builtin=drv.is_builtin(), recursive=recursive)
+                     redirected_outputs=redirected, spec=spec, builtin=drv.is_builtin(), recursive=recursive,
+                     build_user=build_user)
 
 
 def delete_build_dir(plan: BuildPlan, *, keep: bool) -> str | None:
@@ -298,7 +309,7 @@ def _scratch_outputs(store, drv: Derivation, drv_path: StorePath,
 
 def _environment(store, settings: Settings, drv: Derivation, parsed: ParsedDerivation, dtype,
                  build_dir: str, build_dir_in_sandbox: str, rewrites: Mapping[str, str],
-                 input_paths: frozenset[StorePath]) -> list[tuple[str, str]]:
+                 input_paths: frozenset[StorePath], build_user: BuildUser | None) -> list[tuple[str, str]]:
     """initEnv + writeStructuredAttrs + exportReferencesGraph: the env, files written."""
     structured = parsed.structured_attrs
     drv_env: Mapping[str, str] = drv.env
@@ -310,18 +321,21 @@ def _environment(store, settings: Settings, drv: Derivation, parsed: ParsedDeriv
         build_dir_in_sandbox=build_dir_in_sandbox, fixed_output=dtype.is_fixed,
         structured_attrs=structured is not None, sandboxed_type=dtype.is_sandboxed,
         caller_env=os.environ, rewrites=rewrites)
-    for name, contents in built.build_dir_files:
+    for name, contents in built.build_dir_files:  # passAsFile
         _write_file(f"{build_dir}/{name}", contents)
+        _chown_to_builder(f"{build_dir}/{name}", build_user)
     env = dict(built.env)
     if structured is not None:
         attrs = dict(structured)
         attrs["outputs"] = {name: _rewrite(hash_placeholder(name), rewrites) for name in drv.outputs}
         _write_file(f"{build_dir}/.attrs.sh",
                     rewrite_strings(encode_text(structured_attrs_shell(attrs)), rewrites))
+        _chown_to_builder(f"{build_dir}/.attrs.sh", build_user)
         # Nix 2.8 names the host path here, even in the sandbox (later versions fixed that).
         env["NIX_ATTRS_SH_FILE"] = f"{build_dir}/.attrs.sh"
         dumped = json.dumps(attrs, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         _write_file(f"{build_dir}/.attrs.json", rewrite_strings(encode_text(dumped), rewrites))
+        _chown_to_builder(f"{build_dir}/.attrs.json", build_user)
         env["NIX_ATTRS_JSON_FILE"] = f"{build_dir}/.attrs.json"
     else:
         _export_references_graph(store, drv, build_dir, input_paths)
@@ -413,7 +427,7 @@ def _export_references(store, path: StorePath, input_paths: frozenset[StorePath]
 
 def _sandbox(store, settings: Settings, drv: Derivation, parsed: ParsedDerivation, dtype, printed: str,
              chroot_root: str, build_dir: str, build_dir_in_sandbox: str,
-             input_paths: frozenset[StorePath]):
+             input_paths: frozenset[StorePath], build_user: BuildUser | None):
     """The chroot half of startBuilder: dirsInChroot, then the chroot directory itself."""
     store_dir = store.store_dir
     sandbox_paths = parse_sandbox_paths(sorted(settings.sandbox_paths))
@@ -452,8 +466,9 @@ def _sandbox(store, settings: Settings, drv: Derivation, parsed: ParsedDerivatio
     def decide():
         return nix_sandbox(
             chroot_root=chroot_root, build_dir=build_dir, store_dir=store_dir.path,
-            sandbox_paths=sandbox_paths, input_dirs=input_dirs, host_uid=os.getuid(),
-            host_gid=os.getgid(), fixed_output=not dtype.is_sandboxed,
+            sandbox_paths=sandbox_paths, input_dirs=input_dirs,
+            host_uid=build_user.uid if build_user else os.getuid(),
+            host_gid=build_user.gid if build_user else os.getgid(), fixed_output=not dtype.is_sandboxed,
             kvm="kvm" in settings.system_features and os.path.exists("/dev/kvm"),
             shm_size=settings.sandbox_dev_shm_size, build_dir_in_sandbox=build_dir_in_sandbox)
 
@@ -472,6 +487,14 @@ def _sandbox(store, settings: Settings, drv: Derivation, parsed: ParsedDerivatio
         chroot_store = chroot_root + store_dir.path
         os.makedirs(chroot_store)
         os.chmod(chroot_store, 0o1775)
+    if build_user is not None:
+        # Root's, readable (and the store dir writable) by the build users group only:
+        # the builder can create its outputs, nobody else can look in.
+        for path in (chroot_root, chroot_root + store_dir.path):
+            try:
+                os.chown(path, 0, build_user.gid)
+            except OSError as e:
+                raise BuildSetupError(_sys_error(e, f"cannot change ownership of '{path}'")) from e
     for real, target in input_files:
         _link_or_copy(real, target)
     if hook:
@@ -518,11 +541,11 @@ def _pre_build_hook(settings: Settings, printed: str, chroot_root: str) -> dict[
     return extra
 
 
-def _seccomp_policy(settings: Settings):
+def _seccomp_policy(settings: Settings, *, with_build_user: bool = False):
     if not settings.filter_syscalls:
         return None
     # Nix ignores a failure to load the filter when there is no build user.
-    return nix_policy(allow_new_privileges=settings.allow_new_privileges, required=False)
+    return nix_policy(allow_new_privileges=settings.allow_new_privileges, required=with_build_user)
 
 
 def launch_profile(settings: Settings) -> LaunchProfile:
@@ -532,7 +555,7 @@ def launch_profile(settings: Settings) -> LaunchProfile:
 
 def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
                 rewrites: Mapping[str, str], build_dir: str, build_dir_in_sandbox: str,
-                sandbox) -> BuildSpec:
+                sandbox, build_user: BuildUser | None) -> BuildSpec:
     """runChild's decisions: argv, personality, seccomp, credentials."""
     personality_set = None
     if ((drv.platform == "i686-linux" and os.uname().machine == "x86_64")
@@ -541,7 +564,17 @@ def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
     personality_or = ADDR_NO_RANDOMIZE
     if drv.platform in ("i686-linux", "x86_64-linux") and settings.impersonate_linux_26:
         personality_or |= UNAME26
-    seccomp = _seccomp_policy(settings)
+    seccomp = _seccomp_policy(settings, with_build_user=build_user is not None)
+    if sandbox is not None:
+        # The sandbox's own ids, which its uid_map/gid_map send to the build user (or
+        # the caller).
+        credentials = Credentials(uid=nixenv.SANDBOX_UID, gid=nixenv.SANDBOX_GID)
+    elif build_user is not None:
+        # runChild's setgroups (only when the list is not empty), setgid, setuid.
+        credentials = Credentials(uid=build_user.uid, gid=build_user.gid,
+                                  supplementary_gids=build_user.supplementary_gids or None)
+    else:
+        credentials = None
     builder = encode_text(drv.builder)
     builtin = _builtin_spec(settings, drv, rewrites) if drv.is_builtin() else None
     return BuildSpec(
@@ -549,8 +582,7 @@ def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
         argv=(_base_name_of(builder),) + tuple(rewrite_strings(encode_text(a), rewrites) for a in drv.args),
         env=tuple((encode_text(k), encode_text(v)) for k, v in env),
         build_dir=build_dir, build_dir_in_sandbox=build_dir_in_sandbox, cwd=build_dir_in_sandbox,
-        sandbox=sandbox,
-        credentials=Credentials(uid=nixenv.SANDBOX_UID, gid=nixenv.SANDBOX_GID) if sandbox else None,
+        sandbox=sandbox, credentials=credentials,
         personality_set=personality_set, personality_or=personality_or, seccomp=seccomp, builtin=builtin)
 
 
@@ -585,6 +617,16 @@ def _base_name_of(path: bytes) -> bytes:
 
 def _write_file(path: str, contents: bytes) -> None:
     write_file(path, contents, _FILE_MODE)
+
+
+def _chown_to_builder(path: str, build_user: BuildUser | None) -> None:
+    """`chownToBuilder`: the build user and its group own `path` (nothing without one)."""
+    if build_user is None:
+        return
+    try:
+        os.chown(path, build_user.uid, build_user.gid)
+    except OSError as e:
+        raise BuildSetupError(_sys_error(e, f"cannot change ownership of '{path}'")) from e
 
 
 def _sys_error(e: OSError, what: str | None = None) -> str:

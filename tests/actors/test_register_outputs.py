@@ -123,6 +123,7 @@ class Plan:
     scratch_outputs: dict[str, StorePath]
     input_rewrites: dict[str, str]
     redirected_outputs: dict[StorePath, StorePath]
+    build_user: object = None  # user_lock.BuildUser
 
 
 @dataclass
