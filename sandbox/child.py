@@ -364,6 +364,9 @@ def _enter_root(sandbox: SandboxSpec, step: _Steps) -> None:
         os.chroot(".")
 
 
+_PTMX_TARGET = "/dev/pts/ptmx"  # skeleton.PTMX_TARGET (not imported: the child stays small)
+
+
 def _apply_mount(m, step: _Steps) -> None:
     if isinstance(m, BindMount):
         with step("bind-mount"):
@@ -393,9 +396,21 @@ def _apply_mount(m, step: _Steps) -> None:
                     raise
                 # No multiple devpts instances in this kernel: share the host's.
                 _bind("/dev/pts", m.target)
+                if os.path.islink(m.ptmx_link):  # a skeleton's link: bind onto a file
+                    os.unlink(m.ptmx_link)
                 _bind("/dev/ptmx", m.ptmx_link)
             else:
-                os.symlink("/dev/pts/ptmx", m.ptmx_link)
+                try:
+                    os.symlink(_PTMX_TARGET, m.ptmx_link)
+                except FileExistsError:
+                    # A chroot skeleton has it already (skeleton.py); anything else there
+                    # fails this step as before.
+                    try:
+                        existing = os.readlink(m.ptmx_link)
+                    except OSError:
+                        existing = None
+                    if existing != _PTMX_TARGET:
+                        raise
                 # Some kernels create ptmx with mode 0 in a new instance.
                 os.chmod(os.path.join(m.target, "ptmx"), 0o666)
     else:

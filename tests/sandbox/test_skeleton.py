@@ -50,6 +50,8 @@ def test_a_skeleton_is_what_the_child_populates_plus_mount_points(tmp_path, fixe
     assert {"bin", "build", "dev/null", "dev/full", "proc"} <= stand_ins
     assert not any(p.startswith("nix/store/") for p in stand_ins)
     ours = _tree(made)
+    # The link the child makes once its devpts is mounted, made ahead too.
+    assert ours.pop("dev/ptmx") == (stat.S_IFLNK, 0o777, "/dev/pts/ptmx")
     assert {k: v for k, v in ours.items() if k not in stand_ins} == _tree(populated)
     assert ours["dev/null"][0] == stat.S_IFREG and ours["bin"][0] == stat.S_IFDIR
     assert without_population(spec).dirs == () and without_population(spec).mounts == spec.mounts
@@ -119,3 +121,37 @@ def test_unused_spares_are_removed_after_a_while(tmp_path):
         assert sorted(os.listdir(store)) == ["a.chroot"]
     finally:
         pool.close()
+
+
+def test_spares_are_made_under_a_topdir_so_ext4_spreads_them(tmp_path):
+    # An allocation hint only (see skeleton._make_spares_dir): checked where the
+    # filesystem keeps the flag; elsewhere the spares are made all the same.
+    spec = sandbox_spec(tmp_path, "true").sandbox
+    store = tmp_path / "store"
+    spares = store / f".goalkeeper-skeletons-{os.getpid()}"
+    pool = SkeletonPool(spares=1, idle_seconds=30)
+    try:
+        pool.take(skeleton_of(spec, "/nix/store"), str(store / "a.chroot"))
+        _wait_for(lambda: _ready(pool) == 1)
+        flags = _inode_flags(spares)
+        if flags is None:
+            pytest.skip("this filesystem has no inode flags")
+        assert flags & skeleton.FS_TOPDIR_FL
+        assert not _inode_flags(store / "a.chroot") & skeleton.FS_TOPDIR_FL  # not inherited
+    finally:
+        pool.close()
+
+
+def _inode_flags(path: Path) -> int | None:
+    import array
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, skeleton.FS_IOC_GETFLAGS, flags, True)
+        return flags[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
