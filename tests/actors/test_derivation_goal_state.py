@@ -5,12 +5,14 @@ from dataclasses import dataclass, field
 import pytest
 
 from goalkeeper.actors.derivation_goal_state import (
+    BuildUserKilled, KillBuildUser,
     BuildExited, BuildKilled, BuildMode, GiveBackBuildSlot, BuildSetupFailed, BuildStarted, DerivationGoalState, Finished,
     OutputsRegistered, PostBuildHookFinished, PrintError, ResolvedFinished, RunPostBuildHook, RegisterOutputs, ResolveAndBuild, StartBuild, Started, Wake,
     WaiteeDone, WaitForAWhile, WaitForBuildSlot, WakeUp, WantDerivation, WantDrvOutputSubstitution, WantSubstitution,
 )
 from goalkeeper.store.realisations import DrvOutput
 from goalkeeper.actors.results import ExitCode, FailureKind, Status
+from goalkeeper.actors.user_lock import BuildUser, UserLockError
 from goalkeeper.store.derivation import CAFixed, CAFloating, Derivation, InputAddressed
 from goalkeeper.store.hashes import hash_bytes
 from goalkeeper.store.paths import StoreDir, StorePath
@@ -365,6 +367,166 @@ def test_full_build_cycle():
     r = done.result
     assert (r.status, r.times_built, r.start_time, r.stop_time) == (Status.Built, 1, 10, 12)
     assert ("unlock", True) in ctx.log
+
+
+# -- build users (tryLocalBuild's buildUser) ---------------------------------------------------
+
+USER = BuildUser(user="bu1", uid=30001, gid=30000, supplementary_gids=(30001, 30000))
+
+
+class FakeUserLock:
+    """UserLock's interface; `free` says whether find_free_user finds one; `log` records."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.build_user = None
+
+    def find_free_user(self):
+        self.pool.log.append("find")
+        if self.pool.error:
+            raise UserLockError(self.pool.error)
+        if self.build_user is None and self.pool.free:
+            self.build_user = USER
+        return self.build_user is not None
+
+    def release(self):
+        self.pool.log.append("release")
+        self.build_user = None
+
+
+@dataclass
+class FakePool:
+    free: bool = True
+    error: str = ""
+    log: list = field(default_factory=list)
+
+    def new(self):
+        self.log.append("new")
+        return FakeUserLock(self)
+
+
+def user_goal(pool, **kw):
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False, **kw)
+    g = DerivationGoalState(DRV, frozenset(), BuildMode.Normal, ctx, new_user_lock=pool.new)
+    g.handle(Wake())
+    g.handle(Wake())  # locked
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]
+    return g, ctx
+
+
+def test_build_user_taken_and_killed_before_the_build():
+    pool = FakePool()
+    g, _ = user_goal(pool)
+    assert g.handle(Wake()) == [KillBuildUser(uid=USER.uid)]  # slot granted: uid locked, killUser
+    assert pool.log == ["new", "find"] and not g.return_unused_slot()  # the coming build holds the slot
+    assert g.handle(Wake()) == []  # spurious wake-up while killing
+    effects = g.handle(BuildUserKilled())
+    assert kinds(effects) == [StartBuild, Started] and effects[0].build_user == USER
+
+
+def test_no_free_uid_waits_holding_the_slot():
+    pool = FakePool(free=False)
+    g, ctx = user_goal(pool)
+    effects = g.handle(Wake())
+    assert effects == [WaitForAWhile(reason=f"waiting for UID to build '{SD.print(DRV)}'", announce=True)]
+    assert g.state == g.try_local_build and ("unlock", False) not in ctx.log[-1:]
+    assert g.handle(Wake()) == [WaitForAWhile(reason=f"waiting for UID to build '{SD.print(DRV)}'",
+                                              announce=False)]  # one activity while waiting
+    pool.free = True
+    assert g.handle(Wake()) == [KillBuildUser(uid=USER.uid)]
+    assert pool.log == ["new", "find", "find", "find"]  # one UserLock, asked again
+
+
+def test_lent_slot_goes_back_while_waiting_for_a_uid():
+    pool = FakePool(free=False)
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False)
+    g = DerivationGoalState(DRV, frozenset(), BuildMode.Normal, ctx, new_user_lock=pool.new)
+    g.handle(Wake())
+    assert g.lend_build_slot()
+    assert kinds(g.handle(Wake())) == [WaitForAWhile]
+    assert g.return_unused_slot()
+    pool.free = True
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]  # no slot now: unlock and ask for one
+    assert kinds(g.handle(Wake())) == [KillBuildUser]  # granted: relock, the uid, killUser
+
+
+def test_build_user_killed_after_the_build_and_released_at_the_end():
+    pool = FakePool()
+    g, ctx = user_goal(pool)
+    g.handle(Wake())
+    g.handle(BuildUserKilled())
+    assert g.handle(BuildExited(ok=True, message="", stop_time=3)) == [KillBuildUser(uid=USER.uid)]
+    assert kinds(g.handle(BuildUserKilled())) == [RegisterOutputs]
+    assert pool.log[-1] != "release"  # held while the outputs are registered
+    done = finished(g.handle(OutputsRegistered(built_outputs={"out": SD.print(OUT)})))
+    assert done.result.status is Status.Built and pool.log[-1] == "release" and g.build_user is None
+
+
+@pytest.mark.parametrize("event, status", [
+    (BuildExited(ok=False, message="failed", stop_time=3), Status.PermanentFailure),
+    (BuildKilled(status=Status.TimedOut, message="timed out"), Status.TimedOut),
+])
+def test_failed_or_killed_build_kills_the_user_then_releases(event, status):
+    pool = FakePool()
+    g, _ = user_goal(pool)
+    g.handle(Wake())
+    g.handle(BuildUserKilled())
+    assert g.handle(event) == [KillBuildUser(uid=USER.uid)]
+    assert finished(g.handle(BuildUserKilled())).result.status is status
+    assert pool.log[-1] == "release"
+
+
+def test_setup_failure_releases_without_killing():
+    pool = FakePool()
+    g, _ = user_goal(pool)
+    g.handle(Wake())
+    g.handle(BuildUserKilled())
+    assert finished(g.handle(BuildSetupFailed(message="nope"))).result.status is Status.InputRejected
+    assert pool.log[-1] == "release"
+
+
+def test_failing_kill_ends_the_run():
+    pool = FakePool()
+    g, _ = user_goal(pool)
+    g.handle(Wake())
+    done = finished(g.handle(BuildUserKilled(error="cannot kill processes for uid '30001': ...")))
+    assert done.thrown and done.result.status is Status.MiscFailure
+    assert done.result.error_msg.startswith("cannot kill processes") and pool.log[-1] == "release"
+
+
+def test_user_lock_errors_end_the_run():
+    pool = FakePool(error="the build users group 'x' has no members")
+    g, _ = user_goal(pool)
+    done = finished(g.handle(Wake()))
+    assert done.thrown and done.result.error_msg == "the build users group 'x' has no members"
+
+
+def test_each_round_takes_a_build_user_anew():
+    pool = FakePool()
+    g, _ = user_goal(pool, build_repeat=1)
+    g.handle(Wake())
+    g.handle(BuildUserKilled())
+    g.handle(BuildExited(ok=True, message="", stop_time=3))
+    g.handle(BuildUserKilled())
+    assert g.handle(OutputsRegistered(more_rounds=True)) == [WakeUp()]
+    assert pool.log[-1] == "release" and g.build_user is None
+    g.handle(Wake())
+    g.handle(Wake())
+    assert g.handle(Wake()) == [KillBuildUser(uid=USER.uid)] and pool.log.count("new") == 2
+
+
+def test_lock_wait_announced_again_after_the_lock_was_taken():
+    """actLock ends when the output lock is taken: a later wait is a new activity."""
+    ctx = FakeContext(make_drv(), valid={DRV}, use_substitutes=False, lock_free=False)
+    g = build_ready(ctx)
+    assert [e.announce for e in g.handle(Wake())] == [True]
+    assert [e.announce for e in g.handle(Wake())] == [False]
+    ctx.lock_free = True
+    g.handle(Wake())
+    assert kinds(g.handle(Wake())) == [WaitForBuildSlot]  # unlocked while waiting for a slot
+    ctx.lock_free = False
+    effects = g.handle(Wake())  # the slot granted, the lock busy again
+    assert kinds(effects) == [GiveBackBuildSlot, WaitForAWhile] and effects[1].announce
 
 
 def run_to_exit(ctx, event, **kw):
