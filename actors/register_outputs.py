@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from goalkeeper.store.canonicalise import canonicalise_path_metadata
+from goalkeeper.store.canonicalise import InvalidOwnership, canonicalise_path_metadata
 from goalkeeper.store.content_address import ContentAddress
 from goalkeeper.store.derivation import CAFixed, CAFloating, Derivation, Impure, InputAddressed, output_path
 from goalkeeper.store.errors import StoreError
@@ -199,8 +199,13 @@ class _Registration:
             stats[name] = self._lstat_output(name, actual)
             # Canonicalise first, so that nothing below is a hard link to a foreign file
             # (with a build user: to a file that user does not own, "invalid ownership").
-            canonicalise_path_metadata(actual, self._build_uid(), self.inodes_seen,
-                                       ignored_acls=self.settings.ignored_acls)
+            try:
+                canonicalise_path_metadata(actual, self._build_uid(), self.inodes_seen,
+                                           ignored_acls=self.settings.ignored_acls)
+            except InvalidOwnership as e:
+                if not str(e).startswith("invalid ownership"):
+                    raise  # "wrong ownership of top-level store path" is a plain Error
+                raise RejectedOutput(str(e)) from e  # a BuildError
             # `scanForReferences`; where the NAR is final already, one pass also hashes it.
             found = RefScanSink(by_hash_part)
             if hash_while_scanning:

@@ -188,7 +188,7 @@ class Harness:
 
     def run(self, attr: str, *, contents: dict[str, object] | None = None, valid: tuple[str, ...] = (),
             corrupt: tuple[str, ...] = (), mode: BuildMode = BuildMode.Normal, chroot: bool = False,
-            settings: Settings | None = None) -> Run:
+            settings: Settings | None = None, build_user=None) -> Run:
         """Lay out the builder's outputs (Nix's, renamed to their scratch paths, unless `contents`
         says otherwise) and run register_outputs as the goal would."""
         drv_path, drv = self.drv(attr)
@@ -205,7 +205,8 @@ class Harness:
         plan = Plan(drv_path=drv_path, build_dir=str(self.tmp_path / "build"), chroot_root=chroot_root,
                     use_chroot=chroot, scratch_outputs=scratch, input_rewrites={},
                     redirected_outputs={known[n].path: s for n, s in scratch.items()
-                                        if known[n] and known[n].path != s})
+                                        if known[n] and known[n].path != s},
+                    build_user=build_user)
         # What the builder wrote: every final hash part appears as the scratch one.
         rewrites = {self.sd.parse(self.nix_final(attr, n)).hash_part: s.hash_part for n, s in scratch.items()
                     if contents is None or n not in contents}
@@ -527,4 +528,27 @@ def test_group_writable_output_is_suspicious(h):
     assert run.outcome.failure is FailureKind.BUILD_ERROR
     assert run.outcome.message == (f"suspicious ownership or permission on '{real}' for output 'out'; "
                                    "rejecting this build output")
+    delete_path(real)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(os.getuid() != 0, reason="outputs of a build user need root to make")
+def test_output_not_owned_by_the_build_user_is_suspicious(h):
+    """registerOutputs' `buildUser && st.st_uid != buildUser->getUID()` (mode alone is fine);
+    canonicalise with the build uid then refuses a foreign file inside."""
+    from goalkeeper.actors.user_lock import BuildUser
+
+    user = BuildUser(user="bu1", uid=64123, gid=64100, supplementary_gids=())
+    final = h.outputs("self")["out"]
+    real = h.store.real_path(final)
+    write_tree(real, {"mine": "x\n", "theirs": "y\n"})
+    run = h.run("self", contents={"out": None}, build_user=user)
+    assert run.outcome.failure is FailureKind.BUILD_ERROR
+    assert run.outcome.message == (f"suspicious ownership or permission on '{real}' for output 'out'; "
+                                   "rejecting this build output")
+    os.chown(real, user.uid, user.gid)
+    os.chown(f"{real}/mine", user.uid, user.gid)
+    run = h.run("self", contents={"out": None}, build_user=user)
+    assert run.outcome.failure is FailureKind.BUILD_ERROR
+    assert run.outcome.message == f"invalid ownership on file '{real}/theirs'"
     delete_path(real)

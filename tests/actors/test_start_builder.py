@@ -17,6 +17,7 @@ from goalkeeper.actors import deferred_delete
 from goalkeeper.actors.build_runner import BuildRunner
 from goalkeeper.actors.derivation_goal_state import (BuildExited, BuildMode, BuildStarted, KnownOutput,
                                                      PathStatus)
+from goalkeeper.actors.user_lock import BuildUser
 from goalkeeper.actors.start_builder import (BuildSetupError, delete_build_dir, make_fallback_path,
                                              start_builder, structured_attrs_shell)
 from goalkeeper.sandbox.spec import ADDR_NO_RANDOMIZE, BindMount
@@ -57,12 +58,12 @@ class Env:
         return d, write_derivation(self.store, d)
 
     def plan(self, drv: Derivation, drv_path: StorePath, status=PathStatus.ABSENT, mode=BuildMode.Normal,
-             initial=None, inputs=frozenset()):
+             initial=None, inputs=frozenset(), build_user=None):
         if initial is None:
             initial = {o: KnownOutput(path, status)
                        for o, (_, path) in drv.outputs_and_opt_paths(self.store.store_dir).items()}
         return start_builder(self.store, self.settings, drv=drv, drv_path=drv_path, initial_outputs=initial,
-                             build_mode=mode, input_paths=inputs)
+                             build_mode=mode, input_paths=inputs, build_user=build_user)
 
 
 _DUMMY = StorePath("0" * 32 + "-dummy")
@@ -277,6 +278,62 @@ def test_sandboxed_plan_binds_inputs_and_links_files(env):
     assert plan.chroot_root + out_dir not in binds
     delete_build_dir(plan, keep=False)
     assert not os.path.exists(plan.chroot_root) and not os.path.exists(plan.build_dir)
+
+
+# uids no account uses: chown needs none
+USER = BuildUser(user="bu1", uid=64123, gid=64100, supplementary_gids=(64123, 64100, 64200))
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="chown to a build user needs root")
+
+
+def _owner(path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@needs_root
+def test_build_user_owns_the_build_dir_and_runs_the_builder(env):
+    drv, drv_path = env.drv("as-user", passAsFile="big", big="data", exportReferencesGraph="")
+    plan = env.plan(drv, drv_path, build_user=USER)
+    assert plan.build_user == USER
+    assert _owner(plan.build_dir) == (USER.uid, USER.gid, 0o700)  # chownToBuilder(tmpDir)
+    attr = ".attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a"
+    assert _owner(Path(plan.build_dir, attr)) == (USER.uid, USER.gid, 0o644)  # and each passAsFile file
+    creds = plan.spec.credentials
+    assert (creds.uid, creds.gid, creds.supplementary_gids) == (USER.uid, USER.gid, USER.supplementary_gids)
+    assert plan.spec.seccomp.required  # Nix ignores a filter failing to load only without a build user
+    delete_build_dir(plan, keep=False)
+
+
+@needs_root
+def test_build_user_owns_structured_attrs_files(env):
+    drv, drv_path = env.drv("attrs", __json='{"a": 1}')
+    plan = env.plan(drv, drv_path, build_user=USER)
+    for name in (".attrs.json", ".attrs.sh"):
+        assert _owner(Path(plan.build_dir, name))[:2] == (USER.uid, USER.gid)
+    delete_build_dir(plan, keep=False)
+
+
+@needs_root
+@pytest.mark.parametrize("hook", [False, True])
+def test_build_user_sandbox_chroot_and_id_maps(env, tmp_path, hook):
+    env.settings.set("sandbox", "true")
+    env.settings.set("sandbox-paths", "/bin /usr")
+    if hook:  # the chroot made in place, not from a skeleton
+        script = tmp_path / "hook.sh"
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o755)
+        env.settings.set("pre-build-hook", str(script))
+    drv, drv_path = env.drv("boxed-user")
+    plan = env.plan(drv, drv_path, build_user=USER)
+    sandbox = plan.spec.sandbox
+    assert (sandbox.uid_map.inside, sandbox.uid_map.outside) == (1000, USER.uid)
+    assert (sandbox.gid_map.inside, sandbox.gid_map.outside) == (100, USER.gid)
+    creds = plan.spec.credentials
+    assert (creds.uid, creds.gid, creds.supplementary_gids) == (1000, 100, None)
+    assert _owner(plan.chroot_root) == (0, USER.gid, 0o750)
+    assert _owner(plan.chroot_root + env.store.store_dir.path) == (0, USER.gid, 0o1775)
+    assert _owner(plan.build_dir)[:2] == (USER.uid, USER.gid)
+    delete_build_dir(plan, keep=False)
 
 
 def test_a_diverted_store_always_builds_in_a_chroot(tmp_path, monkeypatch):
