@@ -355,11 +355,19 @@ class SpawnerLoop:
         self._template, self._template_key = spec, key
 
     def _wants_refill(self) -> bool:
+        if (self._template_key is None or self._template_key in self._pool_broken
+                or len(self._pool) >= self._pool_size):
+            return False
         # Not while a build's child is still setting up: on a small machine the clone and
         # the new child's preparation would take the CPU that build's setup is waiting for.
-        return (self._template_key is not None and self._template_key not in self._pool_broken
-                and len(self._pool) < self._pool_size
-                and all(c.setup_r == -1 for c in self._children.values()))
+        if any(c.setup_r != -1 for c in self._children.values()):
+            return False
+        # Nor while builders run, as long as the pool holds a child for each of them: the
+        # clone keeps this thread ~2 ms, and a builder exiting meanwhile is reaped -- and
+        # its build goes on -- only after that.  A chain of builds refills between one
+        # builder's exit and the next request (the engine registers outputs meanwhile);
+        # builds side by side (-j N) empty the pool, and it is refilled at once.
+        return not self._children or len(self._pool) < len(self._children)
 
     def _refill(self) -> None:
         """Clone one prepared child for the template."""

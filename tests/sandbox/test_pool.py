@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import time
 
 import pytest
 
@@ -81,6 +82,28 @@ def test_concurrent_builds_each_get_their_own_child(spawner, tmp_path):
         exited = [e for e in events if isinstance(e, Exited)]
         assert [e.result.exit_status for e in exited] == [0, 0]
     assert prepared >= 4
+
+
+def test_the_pool_is_refilled_after_a_lone_builder_not_while_it_runs(spawner, dirs):
+    # A clone while the builder runs would make its exit wait for the spawner's thread.
+    _until_prepared(spawner, dirs, "true")
+    _wait_for(lambda: len(_waiting_children(spawner)) == 2)
+    (dirs / "wait").mkdir()
+    spec = sandbox_spec(dirs / "wait", "while [ ! -e /build/go ]; do sleep 0.01; done")
+    spawner.spawn(50, spec)
+    events = _events_until(spawner, 50, Started)
+    time.sleep(0.3)  # time enough for a clone, had one been wanted
+    assert len(_waiting_children(spawner)) == 2  # the builder and one prepared child
+    (dirs / "wait" / "build" / "go").touch()
+    events = _events_until(spawner, 50, Exited, events)
+    os.close(next(e.pty_master for e in events if isinstance(e, Spawned)))
+    assert [e.result.exit_status for e in events if isinstance(e, Exited)] == [0]
+    _wait_for(lambda: len(_waiting_children(spawner)) == 2)  # two prepared ones again
+
+
+def _waiting_children(spawner) -> list[int]:
+    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _ppid(pid) == spawner.pid and _alive(pid)]
 
 
 def test_setup_failure_after_the_hand_over_names_its_step(spawner, dirs):
