@@ -37,7 +37,8 @@ from .goal_context import LocalGoalContext
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
 from .substitution_goal import drv_output_substitution, path_substitution
-from .user_lock import UserLock, UserLockError, build_users_enabled, submit_kill_user
+from .kill_user import submit_kill_user
+from .user_lock import UserLock, UserLockError, build_users_enabled
 from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, Cancel, GoalFinished, GoalIdle, GoalSaid,
                               GoalStarted, ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)

@@ -1,16 +1,11 @@
-"""Build users: Nix 2.8's `UserLock` (libstore/lock.cc) and `killUser` (libutil/util.cc).
+"""Build users: Nix 2.8's `UserLock` (libstore/lock.cc).
 
 Run as root with `build-users-group` set, Nix builds each derivation as one member of
 that group, chosen as the first member whose lock file ``<state dir>/userpool/<uid>``
 it can lock (flock, exclusive, without waiting: the same lock Nix takes, so goalkeeper
 and Nix share one pool).  The lock is held from `tryLocalBuild` until `buildDone` has
 registered the outputs, so no other build can take the uid and touch them meanwhile.
-Before and after the build every process of the uid is killed.
-
-`killUser` forks, setuid()s to the build user and sends ``kill(-1, SIGKILL)``: a mass
-kill only that user's processes receive.  Our actor threads must never fork and run
-Python, nor wait on a child, so here it is a `subprocess` (fork + exec in C) of
-``/bin/sh``'s builtin `kill`, run on a small pool that reports back through a callback.
+Before and after the build every process of the uid is killed (`kill_user.py`).
 """
 
 from __future__ import annotations
@@ -19,18 +14,12 @@ import fcntl
 import grp
 import os
 import pwd
-import signal
-import subprocess
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from goalkeeper.store.errors import StoreError
 from goalkeeper.store.store_config import Environment
 
 _MAX_GROUPS = 10  # Nix sizes getgrouplist's buffer for 10 groups; more is its error
-_MAX_KILLS = 2  # killUser subprocesses at once (-j 2 ends two builds at once)
-_kill_pool: ThreadPoolExecutor | None = None
 
 
 class UserLockError(StoreError):
@@ -145,57 +134,4 @@ def _try_lock(fd: int) -> bool:
         except OSError as e:
             os.close(fd)
             raise UserLockError(f"acquiring/releasing lock: {e.strerror}") from e
-
-
-def kill_user(uid: int) -> None:
-    """`killUser`: SIGKILL every process of `uid`; blocks until done (run it off actor threads).
-
-    As `uid`, kill(-1, SIGKILL) reaches exactly that user's processes except the caller.
-    Nix sends it once (it stops at the first success, or at ESRCH/EPERM: nothing left),
-    retrying only on EINTR; the shell's builtin `kill` does the same system call, and its
-    exit status 1 for ESRCH is no error.
-
-    Raises:
-        UserLockError: "cannot kill processes for uid ..." if the killer did not exit.
-    """
-    assert uid != 0  # just to be safe...
-    try:
-        proc = subprocess.run(["/bin/sh", "-c", "kill -9 -1"], user=uid, group=_gid_of_killer(uid),
-                              extra_groups=[], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, cwd="/")
-    except (OSError, subprocess.SubprocessError) as e:
-        raise UserLockError(f"cannot kill processes for uid '{uid}': {e}") from e
-    if proc.returncode < 0:
-        sig = -proc.returncode
-        raise UserLockError(f"cannot kill processes for uid '{uid}': failed due to signal {sig} "
-                            f"({signal.strsignal(sig)})")
-
-
-def _gid_of_killer(uid: int) -> int:
-    # Nix only setuid()s; dropping root's groups too changes nothing for kill(2), which
-    # checks uids only, and leaves the killer no privileges at all.
-    try:
-        return pwd.getpwuid(uid).pw_gid
-    except KeyError:
-        return 65534  # nogroup
-
-
-def submit_kill_user(uid: int, done: Callable[[str | None], None]) -> None:
-    """Run `kill_user(uid)` on the kill pool; call `done` (on a pool thread) with None, or
-    with the error's message."""
-    global _kill_pool
-    if _kill_pool is None:
-        _kill_pool = ThreadPoolExecutor(max_workers=_MAX_KILLS, thread_name_prefix="kill-user")
-
-    def run() -> None:
-        try:
-            kill_user(uid)
-            error = None
-        except StoreError as e:
-            error = str(e)
-        except Exception as e:  # a bug here must still let the goal go on
-            error = f"internal error killing the processes of uid {uid}: {e}"
-        done(error)
-
-    _kill_pool.submit(run)
 
