@@ -120,8 +120,12 @@ def write_file(path: str, contents: bytes, mode: int, *, exclusive: bool = False
         os.close(fd)
 
 
-def make(skeleton: Skeleton, root: str) -> None:
-    """Create ``skeleton`` at ``root`` (which must not exist)."""
+def make(skeleton: Skeleton, root: str, *, stand_in: str | None = None) -> None:
+    """Create ``skeleton`` at ``root`` (which must not exist).
+
+    ``stand_in``: an empty file on the same filesystem that the mount points of files
+    (``/dev/null`` ...) may be hard links of, instead of new inodes (see `STAND_IN`).
+    """
     for path, mode in skeleton.dirs:
         _make_dir(root + path, mode)
     for path, contents, mode in skeleton.files:
@@ -133,7 +137,16 @@ def make(skeleton: Skeleton, root: str) -> None:
             os.makedirs(root + path, _DIR_MODE, exist_ok=True)
         else:
             os.makedirs(os.path.dirname(root + path), _DIR_MODE, exist_ok=True)
-            os.close(os.open(root + path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            if stand_in is None or not _link(stand_in, root + path):
+                os.close(os.open(root + path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+
+def _link(source: str, target: str) -> bool:
+    try:
+        os.link(source, target)
+    except OSError:  # removed behind our back, too many links, a filesystem without them
+        return False
+    return True
 
 
 def _make_dir(path: str, mode: int) -> None:
@@ -235,8 +248,9 @@ class SkeletonPool:
                     break
                 name = f"{key[0]}/.goalkeeper-skeletons-{os.getpid()}/{next(self._names)}"
             try:
-                _make_spares_dir(os.path.dirname(name))
-                make(key[1], name)
+                spares = os.path.dirname(name)
+                _make_spares_dir(spares)
+                make(key[1], name, stand_in=f"{spares}/{STAND_IN}")
             except OSError:
                 try:
                     delete_path(name)
@@ -261,14 +275,26 @@ class SkeletonPool:
                     delete_path(name)
                 except OSError:
                     pass  # removed behind our back
-            try:
-                os.rmdir(f"{parent}/.goalkeeper-skeletons-{os.getpid()}")
-            except OSError:
-                pass
+            spares = f"{parent}/.goalkeeper-skeletons-{os.getpid()}"
+            for remove, path in ((os.unlink, f"{spares}/{STAND_IN}"), (os.rmdir, spares)):
+                try:
+                    remove(path)
+                except OSError:
+                    pass
+
+
+# The file every spare's file mount points are hard links of, in the spares directory: a
+# link is a directory entry, not an inode (see `_make_spares_dir` for what an inode costs).
+# Nothing can tell them apart: each is hidden under its bind mount for the whole build (a
+# builder cannot unmount it: mounts it was given come locked), and a chroot is deleted after
+# its build.  Directory mount points cannot be links, nor can files a builder sees (their
+# link count would show, and writing one would change the others).
+STAND_IN = "stand-in"
 
 
 def _make_spares_dir(path: str) -> None:
-    """The directory spares are made in, marked as a top of a directory hierarchy.
+    """The directory spares are made in, marked as a top of a directory hierarchy, with
+    the `STAND_IN` file.
 
     On ext4 without a journal (this machine's /tmp) every new inode is checked against
     the inodes of its block group deleted in the last 5 s -- or 305 s while their
@@ -284,6 +310,7 @@ def _make_spares_dir(path: str) -> None:
         os.mkdir(path, 0o700)
     except FileExistsError:
         return
+    os.close(os.open(f"{path}/{STAND_IN}", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:

@@ -74,6 +74,11 @@ def test_the_pool_makes_spares_hands_them_out_and_removes_them(tmp_path):
         _wait_for(lambda: _ready(pool) == 2)
         assert pool.take(skel, str(store / "b.chroot"))
         assert _tree(store / "a.chroot") == _tree(store / "b.chroot")
+        # A spare's file mount points are links of one file, not inodes of their own.
+        stand_in = (spares / skeleton.STAND_IN).stat()
+        for name in ("null", "zero", "full"):
+            assert (store / "b.chroot" / "dev" / name).stat().st_ino == stand_in.st_ino
+            assert (store / "a.chroot" / "dev" / name).stat().st_ino != stand_in.st_ino
         _wait_for(lambda: _ready(pool) == 2)  # made again
         for name in os.listdir(spares):  # removed behind its back (a garbage collector)
             delete_path(str(spares / name))
