@@ -34,11 +34,11 @@ from .derivation_goal_state import (BuildExited, BuildKilled, BuildMode, BuildSe
 from .build_hooks import run_diff_hook, run_post_build_hook, submit
 from .goal_actor import GoalActor
 from .goal_context import LocalGoalContext
+from .kill_user import submit_kill_user
 from .results import BuildResult, ExitCode, FailureKind, Status
 from .store_messages import RegisterDrvOutput, RegisterValidPaths
 from .substitution_goal import drv_output_substitution, path_substitution
-from .kill_user import submit_kill_user
-from .user_lock import UserLock, UserLockError, build_users_enabled
+from .user_lock import BuildUser, UserLock, UserLockError, build_users_enabled
 from .worker import GoalServices, tell_worker
 from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, Cancel, GoalFinished, GoalIdle, GoalSaid,
                               GoalStarted, ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
@@ -224,7 +224,7 @@ class DerivationGoalActor(GoalActor):
 
     # -- the build -------------------------------------------------------------------------
 
-    def _start_build(self, pending: list, build_user) -> None:
+    def _start_build(self, pending: list, build_user: BuildUser | None) -> None:
         from .start_builder import BuildSetupError, start_builder
 
         state = self.state
@@ -417,7 +417,7 @@ class DerivationGoalActor(GoalActor):
         self.stop()
 
 
-def _chown_to_builder(path: str, build_user) -> None:
+def _chown_to_builder(path: str, build_user: BuildUser) -> None:
     """`chownToBuilder`: the build user owns `path` (a plain Nix Error if it cannot)."""
     try:
         os.chown(path, build_user.uid, build_user.gid)

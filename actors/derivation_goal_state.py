@@ -205,7 +205,8 @@ class PrintError:
 
 Effect = (
     PrintError | WantDerivation | WantSubstitution | WaitForAWhile | WaitForBuildSlot | WakeUp | StartBuild
-    | KillBuildUser | RegisterOutputs | RunPostBuildHook | ResolveAndBuild | RegisterResolvedRealisations | Started | Finished
+    | KillBuildUser | RegisterOutputs | RunPostBuildHook | ResolveAndBuild | RegisterResolvedRealisations
+    | Started | Finished
 )
 
 
