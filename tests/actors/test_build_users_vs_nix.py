@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from goalkeeper.store.errors import StoreError
+
 pytestmark = [pytest.mark.nix, pytest.mark.timeout(120),
               pytest.mark.skipif(os.getuid() != 0, reason="build users need root"),
               pytest.mark.skipif(shutil.which("useradd") is None, reason="no useradd")]
@@ -93,7 +95,13 @@ class BuildGroup:
                             "-G", self.name, user], check=True)
 
     def remove(self) -> None:
+        from goalkeeper.actors.kill_user import kill_user
+
         for user in self.members:
+            try:  # a failed test may have left a process of it, and userdel refuses then
+                kill_user(pwd.getpwnam(user).pw_uid)
+            except (KeyError, StoreError):
+                pass
             subprocess.run(["userdel", user], stderr=subprocess.DEVNULL)
         for group in (self.name, self.empty):
             subprocess.run(["groupdel", group], stderr=subprocess.DEVNULL)
