@@ -15,9 +15,10 @@ Sandboxed children are made with a raw clone(CLONE_NEWUSER|CLONE_NEWPID|...), so
 is pid 1 of its pid namespace directly and a direct child of the spawner (one process per
 build, and its wait status is the builder's).  Unsandboxed children use os.fork().
 
-Sandboxes are prepared while other builds run: whenever it has nothing else to do (no
-request waiting, no build's child still setting up), the spawner keeps `POOL_SIZE`
-children cloned for the last sandboxed spec's namespaces, id maps and filter
+Sandboxes are prepared ahead: whenever it has nothing else to do (no request waiting, no
+build's child still setting up, and no builder running while the pool holds a child for
+each one running), the spawner keeps `POOL_SIZE` children cloned for the last sandboxed
+spec's namespaces, id maps and filter
 (``child.pool_key``), each waiting for its build's spec (and pty) on a socket after doing
 everything that does not depend on the build.  A matching build takes one, so
 what is left between request and exec is the chroot and the exec itself.
