@@ -583,7 +583,8 @@ def _build_spec(settings: Settings, drv: Derivation, env: list[tuple[str, str]],
         env=tuple((encode_text(k), encode_text(v)) for k, v in env),
         build_dir=build_dir, build_dir_in_sandbox=build_dir_in_sandbox, cwd=build_dir_in_sandbox,
         sandbox=sandbox, credentials=credentials,
-        personality_set=personality_set, personality_or=personality_or, seccomp=seccomp, builtin=builtin)
+        personality_set=personality_set, personality_or=personality_or, seccomp=seccomp, builtin=builtin,
+        pty_owner=build_user.uid if build_user is not None else None)
 
 
 def _builtin_spec(settings: Settings, drv: Derivation, rewrites: Mapping[str, str]) -> BuiltinSpec:

@@ -38,22 +38,25 @@ class Spawn:
             # keys give equal bytes (a pickle's memo could tell apart equal keys whose
             # parts happen to be shared or not).
             key = repr(key).encode()
-        return (SpawnRequest, (self.build_id, spec, key))
+        return (SpawnRequest, (self.build_id, spec, key, self.spec.pty_owner))
 
 
 class SpawnRequest:
     """A `Spawn` as the spawner receives it: the spec still pickled.
 
     A prepared child takes its build's spec as these very bytes, so the spawner reads
-    only the build id and the pool key (`child.pool_key`, as bytes: equal bytes, equal
-    keys) on the way -- no spec decoded and encoded again in a process whose every
-    write after a fork copies a page (~0.7 ms a request).
+    only the build id, the pool key (`child.pool_key`, as bytes: equal bytes, equal
+    keys) and the pty's owner (the spawner opens the pty) on the way -- no spec decoded
+    and encoded again in a process whose every write after a fork copies a page (~0.7 ms
+    a request).
     """
 
-    __slots__ = ("build_id", "spec_pickle", "pool_key")
+    __slots__ = ("build_id", "spec_pickle", "pool_key", "pty_owner")
 
-    def __init__(self, build_id: int, spec_pickle: bytes, pool_key: bytes | None):
+    def __init__(self, build_id: int, spec_pickle: bytes, pool_key: bytes | None,
+                 pty_owner: int | None = None):
         self.build_id, self.spec_pickle, self.pool_key = build_id, spec_pickle, pool_key
+        self.pty_owner = pty_owner
 
     def spec(self) -> BuildSpec:
         return pickle.loads(self.spec_pickle)

@@ -226,7 +226,7 @@ class SpawnerLoop:
             if key != self._template_key:
                 self._learn_template(request.spec(), key)
             try:
-                if self._hand_over(build_id, request.spec_pickle, key):
+                if self._hand_over(build_id, request.spec_pickle, key, request.pty_owner):
                     return
             except _CloneFailed as e:  # no pty left
                 self._clone_failed(build_id, e)
@@ -259,6 +259,9 @@ class SpawnerLoop:
             # instance the builder's namespace does not map (EPERM / wrong owner).
             master, slave = _open_pty() if with_pty else (-1, -1)
             opened += (master, slave)
+            if with_pty and spec.pty_owner is not None:
+                step = "pty-owner"
+                _give_pty(slave, spec.pty_owner)
             step = "pipe"
             setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
             opened += (setup_r, setup_w)
@@ -392,7 +395,8 @@ class SpawnerLoop:
         self._pool[cloned.pid] = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=spec_w),
                                            key=key)
 
-    def _hand_over(self, build_id: int, spec_pickle: bytes, key: bytes) -> bool:
+    def _hand_over(self, build_id: int, spec_pickle: bytes, key: bytes,
+                   pty_owner: int | None) -> bool:
         """Give the build (its spec as the engine pickled it) to a prepared child; False if
         none is ready."""
         pid = next((pid for pid, p in self._pool.items() if p.key == key), None)
@@ -402,8 +406,12 @@ class SpawnerLoop:
         p = self._pool.pop(pid)
         master = slave = -1
         sent = 0
+        step = "openpty"
         try:
             master, slave = _open_pty()
+            if pty_owner is not None:
+                step = "pty-owner"
+                _give_pty(slave, pty_owner)
             data = child.spec_frame(spec_pickle)
             # Blocking: the child is waiting in recvmsg, so a spec beyond the socket
             # buffer still goes through.  Once it has the whole spec it may close its end
@@ -427,7 +435,7 @@ class SpawnerLoop:
             _kill_group(pid, signal.SIGKILL)
             if e.errno in (errno.EPIPE, errno.ECONNRESET):  # it died meanwhile (reaped later)
                 return False
-            raise _CloneFailed("openpty", e) from e
+            raise _CloneFailed(step, e) from e
         finally:
             p.spec_sock.close()
         os.close(slave)
@@ -496,6 +504,9 @@ class SpawnerLoop:
             return
         try:
             make_raw(slave)
+            if spec.pty_owner is not None:
+                step = "pty-owner"
+                _give_pty(slave, spec.pty_owner)
             step = "dup-fds"
             stdin = os.open(spec.stdin_path, os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -662,6 +673,13 @@ def _open_pty() -> tuple[int, int]:
         os.close(slave)
         raise
     return master, slave
+
+
+def _give_pty(slave: int, owner: int) -> None:
+    # Nix's startBuilder with a build user: chmod(slave, 0600); chown(slave, uid, 0).
+    # Before the child runs, so that the builder may reopen it (echo > /dev/stderr).
+    os.fchmod(slave, 0o600)
+    os.fchown(slave, owner, 0)
 
 
 def _write_file(path: str, data: bytes) -> None:

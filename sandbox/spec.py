@@ -204,6 +204,8 @@ class BuildSpec:
         stdin_path: opened read-write as fd 0 (Nix: /dev/null); 1 and 2 are the pty slave.
         umask: set before exec (the Nix daemon runs with 0022).
         kill_with_parent: PR_SET_PDEATHSIG(SIGKILL) towards the spawner.
+        pty_owner: the host uid the pty slave is given (mode 0600, owner uid:0) before the
+            builder starts, as Nix does for a build user; None: left as opened (root's).
     """
 
     builder: bytes
@@ -224,6 +226,8 @@ class BuildSpec:
     umask: int = 0o022
     kill_with_parent: bool = True
     builtin: BuiltinSpec | None = None  # run this in the child instead of exec'ing `builder`
+    # Nix chowns the slave to the build user, who may then reopen it (echo > /dev/stderr).
+    pty_owner: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

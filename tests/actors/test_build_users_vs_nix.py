@@ -332,15 +332,18 @@ def test_bad_group_errors(world, which):
     assert seen["nix"][0] == 1 and expected in seen["nix"][1]
 
 
-@pytest.mark.xfail(strict=True, reason="the spawner leaves the pty slave root's; Nix gives it to the build user "
-                                       "(chmod 0600, chown uid:0): needs a BuildSpec field (see /work/notes-U.md)")
-def test_builder_can_reopen_its_own_stderr(world):
+@pytest.mark.parametrize("sandbox", ["false", "true"])
+def test_builder_can_reopen_its_own_stderr(world, sandbox):
+    """Nix gives the pty slave to the build user (chmod 0600, chown uid:0), so a builder may
+    reopen /dev/stderr; root's, it could not (EACCES)."""
     script = "echo via-dev-stderr > /dev/stderr; stat -L -c 'slave %u %a' /dev/stderr; touch $out"
     seen = {}
     for engine in ("nix", "goalkeeper"):
-        uri, real = world.store(engine, chroot=False)
+        uri, real = world.store(engine, chroot=sandbox == "true")
         drv = world.instantiate(uri, SIMPLE, script=script, tag="reopen")
-        status, log = getattr(world, engine)(uri, world.options(world.group.name, "false"), drv)
+        status, log = getattr(world, engine)(uri, world.options(world.group.name, sandbox), drv)
         seen[engine] = (status, [line for line in log.splitlines() if line.startswith(("via-", "slave ", "sh:"))])
-    assert seen["nix"] == (0, ["via-dev-stderr", f"slave {world.group.uid(world.group.members[0])} 600"])
+    # Sandboxed, the build user is uid 1000 inside its user namespace.
+    owner = 1000 if sandbox == "true" else world.group.uid(world.group.members[0])
+    assert seen["nix"] == (0, ["via-dev-stderr", f"slave {owner} 600"])
     assert seen["goalkeeper"] == seen["nix"]
