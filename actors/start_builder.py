@@ -13,8 +13,7 @@ builder runs as that user: it owns the build directory and the files written for
 group, the sandbox's uid 1000 and gid 100 map to it, and unsandboxed it gets its uid,
 gid and supplementary groups.
 
-Not here: `exportReferencesGraph` under structured attributes (Nix writes
-pathInfoToJSON there). A builtin builder
+A builtin builder
 (`builtin:fetchurl` ...) gets a spec like any other build, plus a `BuiltinSpec`
 the child runs instead of an exec (`sandbox/builtins.py`).
 """
@@ -328,6 +327,13 @@ def _environment(store, settings: Settings, drv: Derivation, parsed: ParsedDeriv
     if structured is not None:
         attrs = dict(structured)
         attrs["outputs"] = {name: _rewrite(hash_placeholder(name), rewrites) for name in drv.outputs}
+        export = attrs.get("exportReferencesGraph")
+        if isinstance(export, dict):
+            # prepareStructuredAttrs: each key becomes an attribute of its own, the closure's
+            # pathInfoToJSON (no impure info, closure sizes)
+            for key in sorted(export):
+                roots = {_export_root(store, p) for p in _json_items(export[key])}
+                attrs[key] = _path_infos_json(store, _export_references(store, roots, input_paths))
         _write_file(f"{build_dir}/.attrs.sh",
                     rewrite_strings(encode_text(structured_attrs_shell(attrs)), rewrites))
         _chown_to_builder(f"{build_dir}/.attrs.sh", build_user)
@@ -401,7 +407,7 @@ def _export_references_graph(store, drv: Derivation, build_dir: str,
             raise BuildSetupError(f"'exportReferencesGraph' contains a non-store path '{path_text}'",
                                   is_build_error=True)
         path = store.store_dir.to_store_path(path_text)[0]
-        paths = _export_references(store, path, input_paths)
+        paths = _export_references(store, {path}, input_paths)
         out = []
         for p in sorted(paths):
             info = store.require_path_info(p)
@@ -410,12 +416,14 @@ def _export_references_graph(store, drv: Derivation, build_dir: str,
         _write_file(f"{build_dir}/{file_name}", encode_text("".join(out)))
 
 
-def _export_references(store, path: StorePath, input_paths: frozenset[StorePath]) -> set[StorePath]:
-    """`Store::exportReferences`: the closure, plus the closures of derivations' outputs."""
-    if path not in input_paths:
-        raise BuildSetupError(f"cannot export references of path '{store.print(path)}' because it is "
-                              "not in the input closure of the derivation", is_build_error=True)
-    paths = store.compute_fs_closure(path)
+def _export_references(store, roots: set[StorePath], input_paths: frozenset[StorePath]) -> set[StorePath]:
+    """`Store::exportReferences`: the closures, plus the closures of derivations' outputs."""
+    paths: set[StorePath] = set()
+    for path in sorted(roots):
+        if path not in input_paths:
+            raise BuildSetupError(f"cannot export references of path '{store.print(path)}' because it is "
+                                  "not in the input closure of the derivation", is_build_error=True)
+        paths |= store.compute_fs_closure(path)
     for p in list(paths):
         if p.is_derivation():
             for name, (_, out) in store.read_derivation(p).outputs_and_opt_paths(store.store_dir).items():
@@ -423,6 +431,46 @@ def _export_references(store, path: StorePath, input_paths: frozenset[StorePath]
                     raise BuildSetupError("exportReferences on CA derivations is not yet implemented")
                 paths |= store.compute_fs_closure(out)
     return paths
+
+
+def _json_items(value: object) -> list[object]:
+    # nlohmann's iteration: an array's elements; any other value is one element
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        return list(value.values())
+    return [value]
+
+
+def _export_root(store, value: object) -> StorePath:
+    if not isinstance(value, str):
+        # what nlohmann's get<std::string>() throws
+        raise BuildSetupError(f"[json.exception.type_error.302] type must be string, but is {_json_type(value)}")
+    return store.store_dir.parse(value)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _path_infos_json(store, paths: set[StorePath]) -> list[dict]:
+    """`Store::pathInfoToJSON(paths, includeImpureInfo = false, showClosureSize = true)`."""
+    out = []
+    for path in sorted(paths):
+        info = store.require_path_info(path)
+        entry: dict = {"path": store.print(path), "narHash": info.nar_hash.to_string(),
+                       "narSize": info.nar_size, "references": [store.print(r) for r in sorted(info.references)]}
+        if info.ca is not None:
+            entry["ca"] = info.ca.render()
+        entry["closureSize"] = sum(store.require_path_info(p).nar_size for p in store.compute_fs_closure(path))
+        out.append(entry)
+    return out
 
 
 def _sandbox(store, settings: Settings, drv: Derivation, parsed: ParsedDerivation, dtype, printed: str,

@@ -28,7 +28,6 @@ from .worker_messages import (AddWaitee, BuildDerivation, BuildLogLine, GoalFini
 
 logger = logging.getLogger(__name__)
 
-POLL_INTERVAL_S = 5.0  # Nix's settings.pollInterval: how long a goal waits for a lock before retrying
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,9 +50,11 @@ class _Stop:
 
 
 class WorkerActor(pykka.ThreadingActor):
-    def __init__(self, services: GoalServices, *, poll_interval: float = POLL_INTERVAL_S):
+    def __init__(self, services: GoalServices, *, poll_interval: float | None = None):
         super().__init__()
         self.services = services
+        # Nix's settings.pollInterval (`build-poll-interval`): how long a goal waiting for a
+        # lock or a build user waits before trying again. None: the goal's own settings say.
         self.poll_interval = poll_interval
         max_jobs = services.settings.get("max-jobs")
         self.scheduler = Scheduler(services.store.store_dir, int(max_jobs), rounds=True,
@@ -166,9 +167,13 @@ class WorkerActor(pykka.ThreadingActor):
             self._tell_observers(drv_path, event)
 
     def _wait_a_while(self, goal_id: int) -> None:
-        if goal_id not in self.scheduler.goals:
+        goal = self.scheduler.goals.get(goal_id)
+        if goal is None:
             return
         me = self.actor_ref
+        interval = self.poll_interval
+        if interval is None:
+            interval = float((goal.settings or self.services.settings).get("build-poll-interval"))
 
         def wake() -> None:
             self._timers.discard(timer)
@@ -177,7 +182,7 @@ class WorkerActor(pykka.ThreadingActor):
             except pykka.ActorDeadError:
                 pass
 
-        timer = threading.Timer(self.poll_interval, wake)
+        timer = threading.Timer(interval, wake)
         timer.daemon = True
         self._timers.add(timer)
         timer.start()

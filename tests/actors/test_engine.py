@@ -141,6 +141,30 @@ def test_waits_for_an_output_lock_held_elsewhere(env):
     assert result[0].exit_status == 0
 
 
+def test_build_poll_interval_is_how_long_a_lock_wait_lasts(env):
+    """Nix's settings.pollInterval: the goal tries the lock again after `build-poll-interval`
+    seconds (default 5), not after a fixed time."""
+    store, settings, instantiate = env
+    settings.set("build-poll-interval", "1")
+    [drv] = instantiate('mk "polled" "echo > $out"')
+    out = store.derivation_known_outputs(drv)["out"]
+    held = PathLocks([store.real_path(out)])
+    waiting = threading.Event()
+    with Engine(store, settings) as engine:
+        result: list = []
+        t = threading.Thread(target=lambda: result.append(engine.realise(
+            [DerivedPath(drv, frozenset())],
+            observer=lambda e: waiting.set() if getattr(e, "text", "").startswith("waiting for lock") else None)))
+        t.start()
+        assert waiting.wait(10)
+        started = time.monotonic()
+        held.unlock()
+        t.join(10)
+        waited = time.monotonic() - started
+    assert result[0].exit_status == 0
+    assert 0.5 < waited < 3, waited
+
+
 def test_close_ends_pending_requests_and_kills_builds(env, tmp_path, caplog):
     store, settings, instantiate = env
     marker = tmp_path / "finished"

@@ -233,6 +233,17 @@ def test_setup_errors_carry_nixs_messages_and_leave_nothing_behind(env):
     assert e.value.message == "odd number of tokens in 'exportReferencesGraph': 'refs'"
     assert e.value.is_build_error
     assert sorted(os.listdir(env.tmpdir)) == ["nix-build-nochroot.drv-0"]  # only the relaxed one
+    # structured attrs: each key is exported (prepareStructuredAttrs), only from the input closure
+    drv, drv_path = env.drv("not-string", __json='{"exportReferencesGraph": {"g": [1]}}')
+    with pytest.raises(BuildSetupError) as e:
+        env.plan(drv, drv_path)
+    assert e.value.message == "[json.exception.type_error.302] type must be string, but is number"
+    outside = env.store.print(drv_path)
+    drv, drv_path = env.drv("not-input", __json='{"exportReferencesGraph": {"g": ["%s"]}}' % outside)
+    with pytest.raises(BuildSetupError) as e:
+        env.plan(drv, drv_path)
+    assert e.value.message == (f"cannot export references of path '{outside}' because it is "
+                               "not in the input closure of the derivation")
 
 
 def test_platform_and_features_are_checked(env):

@@ -32,6 +32,7 @@ in
     str = "it's \"quoted\"\n"; int = 42; float = 1.5; whole = 2.0; yes = true; no = false; nothing = null;
     list = [ "a" 1 true ]; nested = [ [ 1 ] ]; obj = { b = "x"; a = 2; }; "bad-name" = "skipped";
     ref = "${placeholder "dev"}/lib";
+    exportReferencesGraph = { closure = [ dep ]; single = dep; };
     args = [ "-c" ''
       echo "== env"; /usr/bin/env | /usr/bin/sort
       echo "== json"; /usr/bin/cat .attrs.json; echo
