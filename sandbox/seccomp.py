@@ -16,6 +16,7 @@ import pyseccomp
 from .spec import SeccompPolicy, SeccompRule
 
 
+@functools.lru_cache(maxsize=8)  # a frozen value, asked for once per build
 def nix_policy(*, allow_new_privileges: bool = False, required: bool = True) -> SeccompPolicy:
     """The rules of Nix's setupSeccomp().
 

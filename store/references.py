@@ -109,16 +109,22 @@ def rewrite_strings(data: bytes, rewrites: dict[str | bytes, str | bytes]) -> by
     Like Nix, searching resumes at the start of each replacement, so results match
     Nix even for self-overlapping patterns.
     """
-    buf = bytearray(data)
+    # Most strings (a builder's environment: one call per variable) contain no pattern:
+    # they are returned as they are, without a copy.
+    buf: bytes | bytearray = data
     for frm, to in rewrites.items():
         frm, to = _b(frm), _b(to)
         if frm == to:
             continue
         j = buf.find(frm)
+        if j == -1:
+            continue
+        if buf is data:
+            buf = bytearray(data)
         while j != -1:
             buf[j : j + len(frm)] = to
             j = buf.find(frm, j)
-    return bytes(buf)
+    return data if buf is data else bytes(buf)
 
 
 def _b(s: str | bytes) -> bytes:
