@@ -478,7 +478,7 @@ class SpawnerLoop:
     def _launches_directly(self, spec: BuildSpec) -> bool:
         """The spec asks for nothing but what our launch profile already gave us."""
         p = self._profile
-        return (p is not None and spec.sandbox is None and spec.credentials is None and spec.builtin is None
+        return (p is not None and spec.sandbox is None and spec.builtin is None
                 and spec.personality_set is None and spec.personality_or == p.personality_or
                 and spec.rlimits == p.rlimits and same_filter(spec.seccomp, p.seccomp)
                 and (self._filter_in_force is not None or spec.seccomp is None
@@ -493,6 +493,11 @@ class SpawnerLoop:
         the rest, umask, default signal dispositions).  The one thing missing is the
         builder's own PR_SET_PDEATHSIG: if we die, ``_kill_all`` SIGKILLs its process
         group instead (and the engine does, should we be SIGKILLed).
+
+        With credentials (a build user), ``subprocess`` forks instead (no vfork with a
+        uid) and does runChild's setgroups (if a list is given), setgid and setuid; a
+        little Python then runs in that child (`_BuildUserExec`) to re-arm the parent-death
+        signal that the uid change cleared, as a forked child's step "pdeathsig" does.
         """
         t0 = time.perf_counter_ns()
         step = "openpty"
@@ -511,21 +516,24 @@ class SpawnerLoop:
             stdin = os.open(spec.stdin_path, os.O_RDWR | os.O_CLOEXEC)
             try:
                 step = "exec"
-                proc = subprocess.Popen(
-                    list(spec.argv), executable=spec.builder, env=dict(spec.env), cwd=spec.cwd,
-                    stdin=stdin, stdout=slave, stderr=slave, close_fds=True,
-                    start_new_session=True, restore_signals=True, umask=spec.umask)
+                proc = self._popen(spec, stdin, slave)
             finally:
                 os.close(stdin)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
             os.close(slave)
             if isinstance(e, OSError):
                 if step == "exec" and e.filename == spec.cwd:
                     step = "chdir"
+                elif step == "exec" and e.filename is None and spec.credentials is not None:
+                    # subprocess names no file for a failure before exec but chdir's:
+                    # setgroups, setregid or setreuid.
+                    step = "setgid/setuid"
                 detail = f": {os.fsdecode(e.filename)}" if e.filename else ""
                 err, message = e.errno or 0, f"{e.strerror}{detail}"
-            else:  # a NUL byte in the environment or argv
+            elif isinstance(e, ValueError):  # a NUL byte in the environment or argv
                 err, message = 0, f"{type(e).__name__}: {e}"
+            else:  # _BuildUserExec raised (it reports nothing else)
+                step, err, message = "pdeathsig", 0, f"{type(e).__name__}: {e}"
             if step != "exec":
                 os.close(master)
                 self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
@@ -545,6 +553,29 @@ class SpawnerLoop:
         self._send(Spawned(build_id=build_id, pid=proc.pid), [master])
         # vfork returned: the builder has been exec'd (an exec failure raised above)
         self._send(Started(build_id=build_id, pid=proc.pid, spawn_ns=spawn_ns, setup_ns=0))
+
+    @staticmethod
+    def _popen(spec: BuildSpec, stdin: int, slave: int) -> subprocess.Popen:
+        creds = spec.credentials
+        if creds is None:
+            return subprocess.Popen(
+                list(spec.argv), executable=spec.builder, env=dict(spec.env), cwd=spec.cwd,
+                stdin=stdin, stdout=slave, stderr=slave, close_fds=True,
+                start_new_session=True, restore_signals=True, umask=spec.umask)
+        # Signals stay blocked across the fork (see _fork): unlike after a vfork,
+        # subprocess leaves our Python handlers to a forked child, which would swallow a
+        # Kill before its exec.  _BuildUserExec resets them, then unblocks.
+        saved = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
+        try:
+            groups = creds.supplementary_gids
+            return subprocess.Popen(
+                list(spec.argv), executable=spec.builder, env=dict(spec.env), cwd=spec.cwd,
+                stdin=stdin, stdout=slave, stderr=slave, close_fds=True,
+                start_new_session=True, restore_signals=True, umask=spec.umask,
+                extra_groups=None if groups is None else list(groups), group=creds.gid,
+                user=creds.uid, preexec_fn=_BuildUserExec(saved, spec.kill_with_parent))
+        finally:
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
 
     def _fork(self, spec: BuildSpec) -> int:
         # All signals stay blocked across the fork, as CPython's _posixsubprocess does:
@@ -651,6 +682,34 @@ class SpawnerLoop:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
+
+
+class _BuildUserExec:
+    """What a directly launched build user's child does after setuid, just before exec.
+
+    The kernel clears PR_SET_PDEATHSIG when the euid changes, so it is set again here
+    (and the spawner's survival checked, as child.py does; unsandboxed, getppid() tells).
+    Our Python handlers are reset to the default before the signals blocked across the
+    fork are unblocked: a signal pending since then acts as it would on the builder.
+    """
+
+    __slots__ = ("mask", "kill_with_parent", "spawner", "caught")
+
+    def __init__(self, mask, kill_with_parent: bool) -> None:
+        self.mask, self.kill_with_parent, self.spawner = mask, kill_with_parent, os.getpid()
+        # Ignored ones stay ignored (restore_signals resets SIGPIPE and SIGXFSZ), as
+        # CPython's own reset after vfork does.
+        self.caught = [sig for sig in _ALL_SIGNALS - {signal.SIGKILL, signal.SIGSTOP}
+                       if _signal.getsignal(sig) not in (_signal.SIG_DFL, _signal.SIG_IGN, None)]
+
+    def __call__(self) -> None:
+        if self.kill_with_parent:
+            prctl.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != self.spawner:  # we died before it was armed
+                os._exit(1)
+        for sig in self.caught:
+            _signal.signal(sig, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, self.mask)
 
 
 def _kill_group(pid: int, sig: int) -> None:

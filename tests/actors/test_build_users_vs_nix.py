@@ -347,3 +347,92 @@ def test_builder_can_reopen_its_own_stderr(world, sandbox):
     owner = 1000 if sandbox == "true" else world.group.uid(world.group.members[0])
     assert seen["nix"] == (0, ["via-dev-stderr", f"slave {owner} 600"])
     assert seen["goalkeeper"] == seen["nix"]
+
+
+# -- the spawner's fast path for an unsandboxed build user's build ----------------------------
+
+CRED_PROBE = (b"id -u; id -g; id -G; grep -E '^(SigBlk|SigIgn|SigCgt|NoNewPrivs):' /proc/self/status; "
+              b"set -- $(cat /proc/$$/stat); [ $1 = $6 ] && echo session; "
+              b"echo x > /dev/stderr; ls /proc/self/fd")
+
+
+def _member_spec(group: BuildGroup, script: bytes):
+    from goalkeeper.sandbox.seccomp import nix_policy
+    from goalkeeper.sandbox.spec import BuildSpec, Credentials
+
+    user = group.members[0]
+    uid, gid = group.uid(user), group.gid
+    return BuildSpec(builder=b"/bin/sh", argv=(b"sh", b"-c", script), env=((b"PATH", b"/usr/bin:/bin"),),
+                     build_dir="/", build_dir_in_sandbox="/", cwd="/", seccomp=nix_policy(required=False),
+                     credentials=Credentials(uid=uid, gid=gid, supplementary_gids=tuple(os.getgrouplist(user, gid))),
+                     pty_owner=uid)
+
+
+def _events(spawner, build_id: int) -> dict:
+    """Every event of the build by type name, and its output."""
+    from goalkeeper.sandbox.messages import Exited
+
+    seen = {}
+    while "Exited" not in seen:
+        for event in spawner.wait_event(20):
+            seen[type(event).__name__] = event
+    master = seen["Spawned"].pty_master
+    out = bytearray()
+    try:
+        while chunk := os.read(master, 4096):
+            out += chunk
+    except OSError:  # EIO: every slave closed
+        pass
+    os.close(master)
+    seen["output"] = bytes(out)
+    assert isinstance(seen["Exited"], Exited)
+    return seen
+
+
+def test_an_unsandboxed_build_user_build_launches_directly_as_a_forked_child_would(build_group):
+    """Launched through subprocess (setgroups, setgid, setuid, then exec) by a spawner with a
+    launch profile: the builder sees what a forked child's builder sees."""
+    from goalkeeper.sandbox.process import Spawner
+    from goalkeeper.sandbox.seccomp import nix_policy
+    from goalkeeper.sandbox.spec import LaunchProfile
+
+    spec = _member_spec(build_group, CRED_PROBE)
+    seen = {}
+    for name, profile in (("direct", LaunchProfile(seccomp=nix_policy(required=False))), ("forked", None)):
+        with Spawner(profile) as spawner:
+            spawner.spawn(1, spec)
+            seen[name] = _events(spawner, 1)
+    direct, forked = seen["direct"], seen["forked"]
+    assert direct["Started"].setup_ns == 0 and forked["Started"].setup_ns > 0  # the paths taken
+    assert direct["Exited"].result.exit_status == forked["Exited"].result.exit_status == 0
+    assert direct["output"] == forked["output"]
+    uid, gid = build_group.uid(build_group.members[0]), build_group.gid
+    assert direct["output"].startswith(f"{uid}\n{gid}\n".encode()) and b"\nsession\nx\n" in direct["output"]
+
+
+def test_a_directly_launched_build_user_builder_dies_with_its_spawner(build_group):
+    """The uid change clears PR_SET_PDEATHSIG; it is set again before exec, so a spawner
+    SIGKILLed (no _kill_all, no engine to clean up) still takes the builder with it."""
+    from goalkeeper.sandbox.process import Spawner
+    from goalkeeper.sandbox.seccomp import nix_policy
+    from goalkeeper.sandbox.spec import LaunchProfile
+
+    spawner = Spawner(LaunchProfile(seccomp=nix_policy(required=False)))
+    spawner.start()
+    try:
+        spawner.spawn(1, _member_spec(build_group, b"echo $$; exec sleep 60"))
+        events = {}
+        while "Started" not in events:
+            for event in spawner.wait_event(20):
+                events[type(event).__name__] = event
+        assert events["Started"].setup_ns == 0
+        master = events["Spawned"].pty_master
+        line = b""
+        while not line.endswith(b"\n"):
+            line += os.read(master, 64)
+        os.close(master)
+        pid = int(line)
+        os.kill(spawner.pid, 9)
+    finally:
+        spawner.stop()
+    assert not _alive(pid), "the builder outlived its SIGKILLed spawner"
