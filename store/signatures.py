@@ -17,13 +17,18 @@ import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PrivateFormat, PublicFormat, NoEncryption
+from typing import TYPE_CHECKING
 
 from .errors import StoreError
 from .path_info import ValidPathInfo
 from .paths import StoreDir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# `cryptography` is imported where a key is used, not here: every command imports this
+# module (goals check substituted paths' signatures), and loading it cost ~20 ms of
+# each command's start, for keys that a build without substituters never uses.
 
 SECRET_KEY_BYTES = 64  # crypto_sign_SECRETKEYBYTES: seed + public key
 PUBLIC_KEY_BYTES = 32  # crypto_sign_PUBLICKEYBYTES
@@ -61,6 +66,9 @@ class PublicKey:
         return f"{self.name}:{base64.b64encode(self.key).decode()}"
 
     def verify(self, data: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.key).verify(signature, data)
         except InvalidSignature:
@@ -83,6 +91,9 @@ class SecretKey:
     @classmethod
     def generate(cls, name: str) -> "SecretKey":
         """`SecretKey::generate`: a fresh random key."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
         if not name or ":" in name:
             raise BadKey(f"invalid key name '{name}'")
         private = Ed25519PrivateKey.generate()
@@ -91,12 +102,16 @@ class SecretKey:
         return cls(name, seed + public)
 
     def _private(self) -> Ed25519PrivateKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return Ed25519PrivateKey.from_private_bytes(self.key[:32])
 
     def to_string(self) -> str:
         return f"{self.name}:{base64.b64encode(self.key).decode()}"
 
     def to_public_key(self) -> PublicKey:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         # Derived from the seed rather than read from the key's tail, which could disagree.
         return PublicKey(self.name, self._private().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
