@@ -341,7 +341,7 @@ class Scheduler:
             # amDone: a goal with waiters logs its error now; a top goal's is thrown at the end
             self._say(goal, f"error: {result.error_msg}")
             goal.logged = True
-        cut_short = False
+        dropped: list[int] = []
         for waiter, resolved in live_waiters:
             waiter.waitees.discard(goal.id)
             self._activate(waiter, ResolvedFinished(exit_code=finished.exit_code) if resolved
@@ -352,8 +352,8 @@ class Scheduler:
                     other = self.goals.get(other_id)
                     if other is not None:
                         other.waiters = [(w, r) for w, r in other.waiters if w != waiter.id]
+                        dropped.append(other_id)
                 waiter.waitees.clear()
-                cut_short = True
         goal.waiters.clear()
         self._progress(goal)  # before a request it ends stops listening
         for request_id in sorted(goal.top_of):
@@ -366,8 +366,8 @@ class Scheduler:
                 self._finish_request(request)
             elif all(g.finished is not None for _, g in request.top):
                 self._finish_request(request)
-        if cut_short:
-            self._collect_garbage()
+        if dropped:
+            self._drop_unwanted(dropped)
 
     def _restart(self, goal: GoalRecord) -> None:
         """Hand `goal`'s waiters and requests to a new goal for the outputs asked of it."""
@@ -414,6 +414,27 @@ class Scheduler:
                 del table[goal.path]
         if goal.id in self.running or goal.id in self.substituting:
             self.release_build_slot(goal.id)
+
+    def _drop_unwanted(self, candidates: list[int]) -> None:
+        """Cancel those of `candidates` no live goal waits for and no live request asked for,
+        then in turn their waitees: Nix's goals going with their last shared pointer.
+
+        Only the dropped goals are looked at, not every goal (`_collect_garbage`): a failure
+        climbing a chain of N goals without keep-going drops one waitee per link, and a
+        whole-graph walk per link made it quadratic.
+        """
+        todo = list(candidates)
+        while todo:
+            goal = self.goals.get(todo.pop())
+            if goal is None:
+                continue
+            if (any(w in self.goals for w, _ in goal.waiters)
+                    or any(r in self.requests for r in goal.top_of)):
+                continue
+            del self.goals[goal.id]
+            self._forget(goal)
+            self._send(goal, Cancel())
+            todo.extend(goal.waitees)
 
     def _collect_garbage(self) -> None:
         """Cancel the goals no live top goal needs any more (Nix: their last shared pointer went)."""

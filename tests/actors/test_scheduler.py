@@ -116,6 +116,26 @@ def test_failure_without_keep_going_cancels_the_rest():
     assert realised.exit_status == 100
 
 
+def test_dropped_waitees_go_with_what_only_they_wanted():
+    """Without keep-going, a failure makes its waiter drop its other waitees: those nobody else
+    wants are cancelled, and so in turn are their waitees, but not a goal another request wants."""
+    h = Harness()
+    top, bad, slow = _graph(h, keep_going=False)
+    want = lambda name: WantDerivation(drv_path=drv(name), wanted_outputs=frozenset({"out"}),
+                                       build_mode=BuildMode.Normal)
+    h.s.add_waitee(slow.id, want("deep"), False)
+    h.s.add_waitee(slow.id, want("shared"), False)
+    deep, shared = h.goal(drv("deep")), h.goal(drv("shared"))
+    h.realise(DerivedPath(drv("shared"), frozenset()))  # another request wants it too
+    h.s.add_waitee(deep.id, want("deeper"), False)
+    deeper = h.goal(drv("deeper"))
+    h.finish(bad.id, Status.PermanentFailure, "boom")
+    for gone in (slow, deep, deeper):
+        assert Cancel() in h.to(gone.id) and gone.id not in h.s.goals
+    assert Cancel() not in h.to(shared.id) and shared.id in h.s.goals
+    assert top.id in h.s.goals
+
+
 def test_failure_with_keep_going_lets_the_others_finish():
     h = Harness()
     top, bad, slow = _graph(h, keep_going=True)
