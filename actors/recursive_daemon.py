@@ -42,6 +42,7 @@ from goalkeeper.store.signatures import public_keys
 from .restricted_store import (ASK_TIMEOUT_S, AddDependency, QueryAllowedPaths, RestrictedStore,
                                RestrictedStoreActor, RestrictedStoreIO, unsupported)
 from .start_builder import RECURSIVE_SOCKET, BuildPlan, _link_or_copy
+from goalkeeper.store import unix_socket
 
 
 def _ensure_path(conn, r: WireReader) -> None:
@@ -127,7 +128,7 @@ class RecursiveDaemon:
         """createUnixDomainSocket(socketPath, 0600) and the accepting thread."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            sock.bind(self.socket_path)
+            unix_socket.bind(sock, self.socket_path)
             os.chmod(self.socket_path, 0o600)
             sock.listen(5)
         except OSError as e:

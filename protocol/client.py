@@ -36,6 +36,7 @@ from .ops import Op
 from .serializers import (DerivedPath, WireBuildResult, read_build_result_body, read_derived_paths, read_path_info,
                           read_paths, write_basic_derivation, write_derived_paths, write_path_info, write_paths)
 from .wire import WireReader, WireWriter
+from goalkeeper.store import unix_socket
 
 Log = Callable[[str], None]
 
@@ -110,7 +111,7 @@ class RemoteStore:
         if self._conn is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.connect(self.config.socket_path)
+                unix_socket.connect(sock, self.config.socket_path)
             except OSError as e:
                 sock.close()
                 raise StoreError(f"cannot connect to socket at '{self.config.socket_path}': "

@@ -30,6 +30,7 @@ import threading
 from typing import Callable, Iterable
 
 from .errors import StoreError
+from . import unix_socket
 
 DELETION_TOKEN = b"d"  # written after unlinking a lock file, so waiters see a non-empty (stale) file
 
@@ -257,7 +258,7 @@ class TempRoots:
         try:
             if self._socket is None:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # Python sockets are CLOEXEC
-                sock.connect(self.gc_socket_path)
+                unix_socket.connect(sock, self.gc_socket_path)
                 self._socket = sock
             self._socket.sendall(printed_path.encode() + b"\n")
             reply = self._socket.recv(1)

@@ -254,3 +254,33 @@ def test_local_fs_dirs_of_daemon_store_uris():
     assert RemoteStore(custom).real_path(StorePath("0" * 32 + "-x")) == "/data/store/" + "0" * 32 + "-x"
     plain = parse_store_uri("unix:///s")
     assert RemoteStore(plain).real_path(StorePath("0" * 32 + "-x")) == "/nix/store/" + "0" * 32 + "-x"
+
+
+def test_a_socket_path_longer_than_sun_path_works_for_both_ends(tmp_path):
+    """Nix's bind/connect helpers reach such a socket through its directory; so do ours:
+    the daemon listens there, and goalkeeper's client and real Nix's both connect."""
+    from goalkeeper.tools.daemon.server import Daemon, listen
+
+    store = LocalStore.open(parse_store_uri(str(tmp_path / "root")), Settings.load())
+    d = Daemon(store, Settings.load(overrides=[("build-users-group", "")]))
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    path = str(deep / "socket")
+    assert len(path) > 108
+    sock = listen(path)
+    thread = threading.Thread(target=d.serve_socket, args=(sock,), daemon=True)
+    thread.start()
+    try:
+        added = store.add_text_to_store("long-socket", b"x", [])
+        with RemoteStore(DaemonStoreConfig(path), log=lambda text: None) as remote:
+            assert remote.is_valid_path(added)
+        if shutil.which("nix-store"):
+            import subprocess
+            out = subprocess.run(["nix-store", "--store", f"unix://{path}", "-q", "--hash", store.print(added)],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout.strip() == store.query_path_info(added).nar_hash.to_string()
+    finally:
+        d.close()
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        thread.join(10)

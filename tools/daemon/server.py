@@ -30,6 +30,7 @@ from goalkeeper.protocol.client_settings import ClientSettingsCache
 from goalkeeper.protocol.server import HANDLERS, Connection, stderr_note
 
 from .generation import StoreGeneration, engine_path
+from goalkeeper.store import unix_socket
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -224,7 +225,7 @@ def listen(path: str) -> socket.socket:
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
+    unix_socket.bind(sock, path)
     os.chmod(path, 0o666)
     sock.listen(128)
     return sock
