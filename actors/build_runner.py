@@ -110,6 +110,9 @@ class _Build:
     log_size: int = 0
     log_fd: int = -1
     compressor: bz2.BZ2Compressor | None = None
+    # where this build's log lines and messages go (None: the runner's callbacks)
+    on_log_line: Callable | None = None
+    on_message: Callable | None = None
 
 
 class BuildRunner:
@@ -166,7 +169,8 @@ class BuildRunner:
 
     def run_build(self, *, drv_path: StorePath, printed_drv_path: str, spec: BuildSpec,
                   reply: Callable[[object], None], goal_name: str | None = None,
-                  settings: Settings | None = None) -> int:
+                  settings: Settings | None = None, on_log_line: LogLineCallback | None = None,
+                  on_message: MessageCallback | None = None) -> int:
         """Ask for a build; thread-safe, never blocks.  Returns its build id.
 
         ``reply`` is called on the runner thread with BuildStarted or BuildSetupFailed,
@@ -178,6 +182,8 @@ class BuildRunner:
                 default: all outputs wanted.
             settings: the goal's own settings (a daemon client's `timeout`, say); default:
                 the runner's.
+            on_log_line, on_message: this build's own (a recursive Nix build's inner builds
+                report to their own worker); default: the runner's.
         """
         if self._stopped:
             raise RuntimeError("the build runner is stopped")
@@ -186,7 +192,8 @@ class BuildRunner:
             build_id=next(self._ids), drv_path=drv_path, printed=printed_drv_path,
             name=goal_name or derivation_goal_name(printed_drv_path), spec=spec, reply=reply,
             max_silent_time=s.max_silent_time, timeout=s.timeout, max_log_size=s.max_build_log_size,
-            log_lines=s.log_lines, keep_log=s.keep_build_log, compress_log=s.compress_build_log)
+            log_lines=s.log_lines, keep_log=s.keep_build_log, compress_log=s.compress_build_log,
+            on_log_line=on_log_line, on_message=on_message)
         self._post(("run", build))
         return build.build_id
 
@@ -395,8 +402,9 @@ class BuildRunner:
                 return
         text = raw.decode("utf-8", "surrogateescape")
         build.tail.append(text)
-        if self._on_log_line is not None:
-            _call(self._on_log_line, build.drv_path, text)
+        on_log_line = build.on_log_line or self._on_log_line
+        if on_log_line is not None:
+            _call(on_log_line, build.drv_path, text)
 
     def _structured(self, build: _Build, message: object) -> None:
         """`handleJSONLogMessage`, untrusted: of what a builder may say, only "msg" reaches
@@ -407,8 +415,9 @@ class BuildRunner:
                 self._message(build, level, text)
 
     def _message(self, build: _Build, level: int, text: str) -> None:
-        if self._on_message is not None:
-            _call(self._on_message, build.drv_path, level, text)
+        on_message = build.on_message or self._on_message
+        if on_message is not None:
+            _call(on_message, build.drv_path, level, text)
 
     def _log_eof(self, build: _Build) -> None:
         if build.line:

@@ -40,8 +40,8 @@ from .store_messages import RegisterDrvOutput, RegisterValidPaths
 from .substitution_goal import drv_output_substitution, path_substitution
 from .user_lock import BuildUser, UserLock, UserLockError, build_users_enabled
 from .worker import GoalServices, tell_worker
-from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, Cancel, GoalFinished, GoalIdle, GoalSaid,
-                              GoalStarted, ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
+from .worker_messages import (AddWaitee, AddWantedOutputs, Alone, BuildLogLine, Cancel, GoalFinished, GoalIdle,
+                              GoalSaid, GoalStarted, ReleaseBuildSlot, RequestBuildSlot, RequestWake, WaitAWhile)
 
 logger = logging.getLogger(__name__)
 
@@ -247,9 +247,13 @@ class DerivationGoalActor(GoalActor):
             self._tell_worker(ReleaseBuildSlot(goal=self.goal_id))
             pending.append(BuildSetupFailed(message=str(err), input_rejected=False))
             return
+        worker = self.worker_ref  # the log goes to this goal's worker (a recursive build's, maybe)
         self.build_id = self.services.runner.run_build(
             drv_path=self.drv_path, printed_drv_path=self.ctx.printed_drv_path, spec=self.plan.spec,
-            reply=self.actor_ref.tell, goal_name=self._goal_name(), settings=self.services.settings)
+            reply=self.actor_ref.tell, goal_name=self._goal_name(), settings=self.services.settings,
+            on_log_line=lambda drv, line: tell_worker(worker, BuildLogLine(drv_path=drv, line=line)),
+            on_message=lambda drv, level, text: tell_worker(
+                worker, BuildLogLine(drv_path=drv, line=text, is_message=True)))
         if self.recursive is not None:
             self.recursive.build_id = self.build_id
 

@@ -267,10 +267,16 @@ class RestrictedStoreIO(LocalStoreIO):
         return realised
 
     def _observe(self, event) -> None:
-        # Only messages ("building '…'", failures): Nix's recursive daemon logs through the
-        # outer process's logger, which shows inner builds as it shows any.
-        if self._say is not None and type(event).__name__ == "Message":
+        # Nix's recursive daemon logs through the outer process's logger, which shows inner
+        # builds as it shows any: their "building '…'", failures and log lines reach the
+        # outer build's client, not the recursive one.
+        if self._say is None:
+            return
+        kind = type(event).__name__
+        if kind == "Message":
             self._say(event.text)
+        elif kind == "LogLine":
+            self._say(event.line)
 
     def query_missing(self, targets):
         """Unknown for what the build may not see; the rest as the store answers it."""

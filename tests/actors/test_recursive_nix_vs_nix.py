@@ -112,3 +112,48 @@ def test_recursive_build_as_nix(tmp_path, sandbox):
     assert ours["files"]["hidden"] == f"error: path '{ours['hidden']}' is not valid\nexit status 1\n"
     assert "in recursive Nix because path is unknown" in ours["files"]["hidden-drv"]
     assert sorted(ours["references"].split()) == sorted([ours["files"]["added"], ours["files"]["inner"]])
+
+
+LOGGING = r'''
+derivation {
+  name = "outer-log";
+  system = builtins.currentSystem;
+  builder = "/bin/sh";
+  requiredSystemFeatures = [ "recursive-nix" ];
+  args = [ "-c" ''
+    export PATH=/usr/bin:/bin NIX_STORE_DIR=$NIX_STORE
+    cat > inner.nix <<INNER
+    derivation { name = "inner-log"; system = "${builtins.currentSystem}"; builder = "/bin/sh";
+      args = [ "-c" "echo inner log line; echo > \$out" ]; }
+    INNER
+    drv=$(nix-instantiate inner.nix 2>/dev/null)
+    echo outer before
+    nix-store -r $drv > /dev/null 2> client-stderr
+    echo "the inner client said: $(tr '\n' '|' < client-stderr)"
+    echo > $out
+  '' ];
+}
+'''
+
+
+@pytest.mark.parametrize("sandbox", [True, False], ids=["sandbox", "no-sandbox"])
+def test_inner_builds_log_to_the_outer_client_as_nix(tmp_path, sandbox):
+    """Nix's recursive daemon logs through the outer process's logger: the inner build's
+    "building" line and log lines appear on the outer `nix-store -r`'s stderr, and the
+    recursive client gets none of them."""
+    nix_file = tmp_path / "outer-log.nix"
+    nix_file.write_text(LOGGING)
+    stderrs = []
+    for program, root in ((["nix-store", "-r"], tmp_path / "nix"), ([sys.executable, "-m", "goalkeeper.tools.cli",
+                                                                      "realise"], tmp_path / "gk")):
+        if not sandbox and root.name == "gk":
+            (tmp_path / "nix").rename(tmp_path / "nix-done")  # the same store dir in turn
+            root = tmp_path / "nix"
+        uri = _store_uri(root, sandbox)
+        drv = _run(["nix-instantiate", "--store", uri, str(nix_file)])
+        assert drv.returncode == 0, drv.stderr.decode()
+        built = _run([*program, "--store", uri, *_options(sandbox), drv.stdout.decode().strip()])
+        assert built.returncode == 0, built.stderr.decode()
+        stderrs.append(built.stderr.decode())
+    assert "inner log line\n" in stderrs[0]
+    assert stderrs[1] == stderrs[0]
