@@ -123,11 +123,6 @@ class DerivationGoalActor(GoalActor):
                 if isinstance(message, _ACTIVATIONS):
                     self._tell_worker(GoalIdle(goal=self.goal_id))
 
-    def on_stop(self) -> None:
-        # Store calls made on this thread (moving outputs, writing a resolved drv) opened a
-        # connection for it; the thread ends now, so must the connection.
-        self.services.store.release_thread_db()
-
     def on_failure(self, exc_type, exc_value, tb) -> None:
         # A bug, not an expected failure: report the goal failed so nothing waits forever.
         logger.error("derivation goal for %s crashed:\n%s", self.ctx.printed_drv_path,
@@ -139,7 +134,6 @@ class DerivationGoalActor(GoalActor):
         self._kill_build()
         self._give_up_build_user()
         self.ctx.unlock_outputs(delete=False)
-        self.services.store.release_thread_db()
 
     def _handle(self, event) -> None:
         pending = [event]

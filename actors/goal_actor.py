@@ -14,7 +14,8 @@ their inputs, a build slot, a builder). Thousands of goal threads asleep cost:
 So a goal with messages is queued on a dispatcher whose few threads run whichever goal
 is ready, one goal per thread at a time, until its inbox is empty: the actor model of
 Akka's dispatchers. Goal handlers never wait for other goals (only, briefly, for the store
-actor), so a small pool cannot deadlock.
+actor), so a small pool cannot deadlock. Store calls that use a thread's own connection
+(an output moved into place) use the dispatcher thread's, opened once and kept.
 """
 
 from __future__ import annotations

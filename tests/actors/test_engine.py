@@ -217,3 +217,19 @@ def test_a_caller_s_own_settings_reach_its_goals_only(env, tmp_path):
         [kept] = [e.text for e in events if "keeping build directory" in getattr(e, "text", "")]
         build_dir = kept.split("'")[1]
         assert os.path.isdir(build_dir)
+
+
+def test_goals_reuse_their_threads_store_connections(env, monkeypatch):
+    """Goals run on the dispatcher's few threads: store calls made on a goal's thread (a
+    sandboxed output moved into place, say) use that thread's connection, opened once,
+    not one per goal (0.5 ms each)."""
+    store, settings, instantiate = env
+    settings.set("sandbox", "true")
+    settings.set("sandbox-paths", "/bin /lib /lib64 /usr")
+    opened = []
+    connect = store.layout.connect
+    monkeypatch.setattr(store.layout, "connect", lambda *a, **k: opened.append(1) or connect(*a, **k))
+    drvs = instantiate("[ " + " ".join(f'(mk "c{i}" "echo {i} > $out")' for i in range(8)) + " ]")
+    with Engine(store, settings) as engine:
+        assert engine.realise([DerivedPath(d, frozenset()) for d in drvs]).exit_status == 0
+    assert len(opened) <= 4 + 2  # the dispatcher's threads, the engine's reader and store actor
