@@ -14,6 +14,7 @@ import platform
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # clone(2)/unshare(2) flags (linux/sched.h).
+CLONE_PARENT = 0x00008000  # the child's parent is the caller's parent (the zygote's spawner)
 CLONE_NEWNS = 0x00020000  # mount namespace
 CLONE_NEWUTS = 0x04000000  # hostname and domainname
 CLONE_NEWIPC = 0x08000000  # SysV IPC, POSIX message queues

@@ -21,7 +21,9 @@ each one running), the spawner keeps `POOL_SIZE` children cloned for the last sa
 spec's namespaces, id maps and filter
 (``child.pool_key``), each waiting for its build's spec (and pty) on a socket after doing
 everything that does not depend on the build.  A matching build takes one, so
-what is left between request and exec is the chroot and the exec itself.
+what is left between request and exec is the chroot and the exec itself.  The clones are
+made by the zygote (``zygote.py``), a process forked from this one at its start, so that
+they do not hold this thread; they are still our children (CLONE_PARENT).
 
 Lifetime: the spawner dies with the engine (PR_SET_PDEATHSIG(SIGTERM) plus a re-check of
 the parent pid, and EOF on the socket); before exiting it SIGKILLs every build's process
@@ -52,6 +54,7 @@ from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawned, SpawnRe
                        encode)
 from .seccomp import compile_policy
 from .spec import BuildSpec, ChildExited, LaunchProfile, same_filter
+from .zygote import Made, Zygote
 
 _ALL_SIGNALS = frozenset(_signal.valid_signals())
 POOL_SIZE = 2  # prepared sandboxes kept ready (see _refill); -j 2 takes two at once
@@ -135,11 +138,16 @@ class SpawnerLoop:
         self._pool: dict[int, _Prepared] = {}  # prepared children by pid, oldest first
         self._template: BuildSpec | None = None  # what refills prepare for
         self._template_key = None
+        self._template_pickle = b""
         self._pool_broken: set = set()  # keys whose children failed to prepare
+        self._zygote: Zygote | None = None  # makes the pool's children (zygote.py)
+        self._zygote_pending: list = []  # keys asked of it, oldest first
+        self._reaped_unclaimed: set[int] = set()  # its children reaped before it named them
 
     # -- main loop ---------------------------------------------------------------------
 
     def run(self) -> None:
+        self._start_zygote()  # first: it must inherit no handler and no build's fd
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wake the selector via the fd
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
@@ -161,6 +169,8 @@ class SpawnerLoop:
                     elif tag == "wake":
                         _drain(self._wake_r)
                         self._reap()
+                    elif tag == "zygote":
+                        self._zygote_replied()
                     else:
                         self._read_setup(tag)
         finally:
@@ -224,7 +234,7 @@ class SpawnerLoop:
         build_id, key = request.build_id, request.pool_key
         if key is not None:  # sandboxed: a prepared child may take it as it came
             if key != self._template_key:
-                self._learn_template(request.spec(), key)
+                self._learn_template(request.spec(), key, request.spec_pickle)
             try:
                 if self._hand_over(build_id, request.spec_pickle, key, request.pty_owner):
                     return
@@ -242,7 +252,8 @@ class SpawnerLoop:
             return
         self._adopt(build_id, cloned)
 
-    def _clone(self, spec: BuildSpec, child_main, *, with_pty: bool = True) -> _Cloned:
+    def _clone(self, spec: BuildSpec, child_main, *, with_pty: bool = True,
+               clone_parent: bool = False) -> _Cloned:
         """Fork or clone a child that runs ``child_main(fds, seccomp_filter)``; id maps written.
 
         ``with_pty=False``: the child gets its pty later (a pooled child, at hand-over).
@@ -270,7 +281,7 @@ class SpawnerLoop:
             step = "seccomp"
             seccomp_filter = self._child_filter(spec)
             step = "clone" if spec.sandbox is not None else "fork"
-            pid = self._fork(spec)
+            pid = self._fork(spec, clone_parent)
         except Exception as e:
             # EMFILE, no free pty, a bad policy: this build fails, the others go on (as in
             # Nix, where only the goal whose startBuilder threw fails).
@@ -353,14 +364,14 @@ class SpawnerLoop:
     # (the template); each prepares itself (`child.run_prepared`) and then waits for its
     # spec on a pipe.  A build whose key matches takes one: spec in, chroot, exec.
 
-    def _learn_template(self, spec: BuildSpec, key) -> None:
+    def _learn_template(self, spec: BuildSpec, key, spec_pickle: bytes) -> None:
         for pid in [pid for pid, p in self._pool.items() if p.key != key]:
             self._discard(pid)
-        self._template, self._template_key = spec, key
+        self._template, self._template_key, self._template_pickle = spec, key, spec_pickle
 
     def _wants_refill(self) -> bool:
         if (self._template_key is None or self._template_key in self._pool_broken
-                or len(self._pool) >= self._pool_size):
+                or len(self._pool) + len(self._zygote_pending) >= self._pool_size):
             return False
         # Not while a build's child is still setting up: on a small machine the clone and
         # the new child's preparation would take the CPU that build's setup is waiting for.
@@ -374,8 +385,31 @@ class SpawnerLoop:
         return not self._children or len(self._pool) < len(self._children)
 
     def _refill(self) -> None:
-        """Clone one prepared child for the template."""
-        template, key = self._template, self._template_key
+        """Have one prepared child cloned for the template: by the zygote, or here."""
+        key = self._template_key
+        if self._zygote is not None:
+            try:
+                self._zygote.request(key, self._template_pickle)
+            except OSError as e:
+                if e.errno != errno.EMSGSIZE:  # (a template too big for one message: here)
+                    self._zygote_gone()
+            else:
+                self._zygote_pending.append(key)
+                return
+        try:
+            cloned, spec_w = self._make_prepared(self._template)
+        except _CloneFailed:
+            # A direct clone for the next build will fail the same way and say why.
+            self._pool_broken.add(key)
+            return
+        self._pool[cloned.pid] = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=spec_w),
+                                           key=key)
+
+    def _make_prepared(self, template: BuildSpec, clone_parent: bool = False):
+        """Clone a child prepared for ``template``: (its _Cloned, our end of its spec socket).
+
+        ``clone_parent``: in the zygote, which makes the child the spawner's.
+        """
         # A socket, not a pipe: the pty comes with the spec (SCM_RIGHTS).  Opening it only
         # then keeps the host's pty numbers (/dev/pts/N, which a builder sees) as they are
         # without a pool, and a waiting child from holding a pty.
@@ -384,16 +418,63 @@ class SpawnerLoop:
         try:
             cloned = self._clone(template,
                                  lambda fds, f: child.run_prepared(template, fds, f, spec_r),
-                                 with_pty=False)
-        except _CloneFailed:
-            # A direct clone for the next build will fail the same way and say why.
+                                 with_pty=False, clone_parent=clone_parent)
+        except BaseException:
             os.close(spec_w)
-            self._pool_broken.add(key)
-            return
+            raise
         finally:
             os.close(spec_r)
-        self._pool[cloned.pid] = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=spec_w),
-                                           key=key)
+        return cloned, spec_w
+
+    # -- the zygote (zygote.py) ------------------------------------------------------------
+
+    def _start_zygote(self) -> None:
+        if self._pool_size <= 0:
+            return
+        try:
+            self._zygote = Zygote.start(lambda spec: self._make_prepared(spec, clone_parent=True),
+                                        (self._lifeline_r, self._lifeline_w))
+        except OSError:  # no fork left: we clone the pool's children ourselves
+            return
+        self._sel.register(self._zygote.fileno(), selectors.EVENT_READ, "zygote")
+
+    def _zygote_replied(self) -> None:
+        try:
+            reply = self._zygote.receive()
+        except OSError:
+            reply = None
+        if reply is None:
+            self._zygote_gone()
+            return
+        key = self._zygote_pending.pop(0)
+        if not self._zygote_pending:
+            # Every child it made is named now (or was killed when it failed): a pid
+            # reaped before its name came is one of these, or none of its.
+            unclaimed, self._reaped_unclaimed = self._reaped_unclaimed, set()
+        else:
+            unclaimed = self._reaped_unclaimed
+        if not isinstance(reply, Made):
+            self._pool_broken.add(key)  # a direct clone will say why
+            return
+        cloned = _Cloned(pid=reply.pid, master=-1, setup_r=reply.setup_r,
+                         mount_ns=reply.mount_ns, forked_ns=reply.forked_ns,
+                         spawn_ns=reply.spawn_ns)
+        p = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=reply.spec_w), key=key)
+        self._pool[p.cloned.pid] = p
+        if reply.pid in unclaimed:  # died preparing, before we knew it
+            unclaimed.discard(reply.pid)
+            self._pooled_exited(reply.pid)
+        elif key != self._template_key:  # asked for before the template changed
+            self._discard(reply.pid)
+
+    def _zygote_gone(self) -> None:
+        """It died (or its socket failed): clone the pool's children here from now on."""
+        if self._zygote is None:
+            return
+        self._sel.unregister(self._zygote.fileno())
+        self._zygote.close()  # reaped as any child of ours (_reaped)
+        self._zygote = None
+        self._zygote_pending.clear()
 
     def _hand_over(self, build_id: int, spec_pickle: bytes, key: bytes,
                    pty_owner: int | None) -> bool:
@@ -577,7 +658,7 @@ class SpawnerLoop:
         finally:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
 
-    def _fork(self, spec: BuildSpec) -> int:
+    def _fork(self, spec: BuildSpec, clone_parent: bool = False) -> int:
         # All signals stay blocked across the fork, as CPython's _posixsubprocess does:
         # the child inherits our Python handlers (SIGTERM would stop *our* loop, in its
         # copy), and a Kill arriving before it resets them would be swallowed.  The child
@@ -587,7 +668,7 @@ class SpawnerLoop:
         # to enums on every call, which cost ~0.35 ms per spawn.
         saved = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
         try:
-            pid = self._fork_or_clone(spec)
+            pid = self._fork_or_clone(spec, clone_parent)
         except BaseException:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
             raise
@@ -596,12 +677,14 @@ class SpawnerLoop:
         return pid
 
     @staticmethod
-    def _fork_or_clone(spec: BuildSpec) -> int:
+    def _fork_or_clone(spec: BuildSpec, clone_parent: bool = False) -> int:
         sandbox = spec.sandbox
         if sandbox is None:
             return os.fork()
         flags = (_linux.CLONE_NEWNS | _linux.CLONE_NEWPID | _linux.CLONE_NEWIPC
                  | _linux.CLONE_NEWUTS | signal.SIGCHLD)
+        if clone_parent:
+            flags |= _linux.CLONE_PARENT
         if sandbox.user_namespace:
             flags |= _linux.CLONE_NEWUSER
         if sandbox.private_network:
@@ -641,7 +724,7 @@ class SpawnerLoop:
             _kill_group(pid, sig)
 
     def _reap(self) -> None:
-        while self._children or self._pool:
+        while self._children or self._pool or self._zygote is not None or self._zygote_pending:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -655,6 +738,10 @@ class SpawnerLoop:
         if c is None:
             if pid in self._pool:
                 self._pooled_exited(pid)
+            elif self._zygote is not None and pid == self._zygote.pid:
+                self._zygote_gone()
+            elif self._zygote_pending:  # a child the zygote made and has yet to name
+                self._reaped_unclaimed.add(pid)
             return
         if c.setup_r != -1:
             # Dead before we saw its setup channel close: whatever it wrote is all there
@@ -673,6 +760,8 @@ class SpawnerLoop:
             os.close(c.mount_ns)
 
     def _kill_all(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
         for pid in list(self._pool):
             self._discard(pid)
         for pid in list(self._children):

@@ -50,7 +50,8 @@ def test_killing_the_engine_kills_the_builders(tmp_path, sandboxed):
         _wait_for((build_dir / "pids").exists, timeout=30)
         spawner_pid = int((tmp_path / "spawner").read_text())
         if sandboxed:  # the pids the builder wrote are its namespace's; find the host ones
-            builder = _children_of(spawner_pid)[0]
+            # (the spawner's other child is its zygote, in the host's pid namespace)
+            builder = next(p for p in _children_of(spawner_pid) if _is_pid_1(p))
             # the pids file exists once `mv` wrote it, but `mv` may still be the shell's
             # child for a moment; then the shell execs the second sleep
             _wait_for(lambda: len(_children_of(builder)) == 1, timeout=10)
@@ -71,3 +72,9 @@ def test_killing_the_engine_kills_the_builders(tmp_path, sandboxed):
 def _children_of(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
+
+
+def _is_pid_1(pid: int) -> bool:
+    """pid is pid 1 of a namespace of its own (`NSpid: <host pid> 1`)."""
+    with open(f"/proc/{pid}/status") as f:
+        return any(line.split()[1:] == [str(pid), "1"] for line in f if line.startswith("NSpid:"))

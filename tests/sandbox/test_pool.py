@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import signal
 import time
 
 import pytest
@@ -102,8 +103,21 @@ def test_the_pool_is_refilled_after_a_lone_builder_not_while_it_runs(spawner, di
 
 
 def _waiting_children(spawner) -> list[int]:
+    """The spawner's children in sandboxes (builders and prepared ones; not its zygote)."""
+    return [pid for pid in _children(spawner) if _is_pid_1(pid)]
+
+
+def _children(spawner) -> list[int]:
     return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
             if _ppid(pid) == spawner.pid and _alive(pid)]
+
+
+def _is_pid_1(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.split()[1:] == [str(pid), "1"] for line in f if line.startswith("NSpid:"))
+    except FileNotFoundError:
+        return False
 
 
 def test_setup_failure_after_the_hand_over_names_its_step(spawner, dirs):
@@ -130,9 +144,8 @@ def test_prepared_children_die_with_the_spawner(spawner, dirs):
     waiting = []
 
     def pool_filled() -> bool:
-        waiting[:] = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                      if _ppid(pid) == spawner.pid and _alive(pid)]
-        return len(waiting) >= 2
+        waiting[:] = _children(spawner)  # the zygote too
+        return len(waiting) >= 3
 
     _wait_for(pool_filled)
     spawner.stop()
@@ -145,3 +158,35 @@ def _ppid(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+def test_the_zygote_makes_the_pool_children_of_the_spawner(spawner, dirs):
+    """Cloned with CLONE_PARENT: the spawner's children (it reaps them), made by one more
+    child of the spawner outside any sandbox, its zygote: stopped, no refill happens."""
+    _until_prepared(spawner, dirs, "true")
+    _wait_for(lambda: len(_waiting_children(spawner)) == 2)
+    [zygote] = [pid for pid in _children(spawner) if not _is_pid_1(pid)]
+    os.kill(zygote, signal.SIGSTOP)
+    try:
+        outcomes = [run_build(spawner, sandbox_spec(dirs / name, "true"), build_id=i)
+                    for i, name in enumerate(("b0", "b9"))]
+        assert [(o.started.prepared, o.exited.exit_status) for o in outcomes] == [(True, 0)] * 2
+        time.sleep(0.3)  # time enough for a clone
+        assert _waiting_children(spawner) == []
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    _wait_for(lambda: len(_waiting_children(spawner)) == 2)
+
+
+def test_without_its_zygote_the_spawner_prepares_children_itself(spawner, dirs):
+    _until_prepared(spawner, dirs, "true")
+    _wait_for(lambda: len(_waiting_children(spawner)) == 2)
+    [zygote] = [pid for pid in _children(spawner) if not _is_pid_1(pid)]
+    os.kill(zygote, signal.SIGKILL)
+    _wait_for(lambda: not _alive(zygote))
+    outcomes = [run_build(spawner, sandbox_spec(dirs / name, "true"), build_id=i)
+                for i, name in enumerate(("b0", "b9"))]
+    assert [o.exited.exit_status for o in outcomes] == [0, 0]
+    assert all(o.started.prepared for o in outcomes)  # the two the zygote had made
+    _wait_for(lambda: len(_waiting_children(spawner)) == 2)  # and two more, made here
+    assert _until_prepared(spawner, dirs / "b0", "true")[0].started.prepared
