@@ -43,35 +43,21 @@ import resource
 import socket
 import subprocess
 import sys
-import termios
 import time
 from dataclasses import dataclass, field
 
 import prctl
 
-from . import _linux, child
+from . import _linux, child, direct_launch
 from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawned, SpawnRequest, Started,
                        encode)
 from .seccomp import compile_policy
 from .spec import BuildSpec, ChildExited, LaunchProfile, same_filter
+from .terminal import give_pty, open_pty
 from .zygote import Made, Zygote
 
 _ALL_SIGNALS = frozenset(_signal.valid_signals())
 POOL_SIZE = 2  # prepared sandboxes kept ready (see _refill); -j 2 takes two at once
-
-
-def make_raw(fd: int) -> None:
-    """cfmakeraw(3) exactly, so a builder sees the same termios as under Nix (no \\r\\n)."""
-    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(fd)
-    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
-               | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
-    oflag &= ~termios.OPOST
-    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
-    cflag &= ~(termios.CSIZE | termios.PARENB)
-    cflag |= termios.CS8
-    cc[termios.VMIN] = 1
-    cc[termios.VTIME] = 0
-    termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, ispeed, ospeed, cc])
 
 
 @dataclass(slots=True)
@@ -242,7 +228,7 @@ class SpawnerLoop:
                 self._clone_failed(build_id, e)
                 return
         spec = request.spec()
-        if self._launches_directly(spec):
+        if direct_launch.launches_directly(spec, self._profile, self._filter_in_force):
             self._launch(build_id, spec)
             return
         try:
@@ -268,11 +254,11 @@ class SpawnerLoop:
         try:
             # The pty comes first: opened after CLONE_NEWUSER it would be owned by a devpts
             # instance the builder's namespace does not map (EPERM / wrong owner).
-            master, slave = _open_pty() if with_pty else (-1, -1)
+            master, slave = open_pty() if with_pty else (-1, -1)
             opened += (master, slave)
             if with_pty and spec.pty_owner is not None:
                 step = "pty-owner"
-                _give_pty(slave, spec.pty_owner)
+                give_pty(slave, spec.pty_owner)
             step = "pipe"
             setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
             opened += (setup_r, setup_w)
@@ -489,10 +475,10 @@ class SpawnerLoop:
         sent = 0
         step = "openpty"
         try:
-            master, slave = _open_pty()
+            master, slave = open_pty()
             if pty_owner is not None:
                 step = "pty-owner"
-                _give_pty(slave, pty_owner)
+                give_pty(slave, pty_owner)
             data = child.spec_frame(spec_pickle)
             # Blocking: the child is waiting in recvmsg, so a spec beyond the socket
             # buffer still goes through.  Once it has the whole spec it may close its end
@@ -556,107 +542,30 @@ class SpawnerLoop:
                              "started with (filter-syscalls or allow-new-privileges changed)")
         return None
 
-    def _launches_directly(self, spec: BuildSpec) -> bool:
-        """The spec asks for nothing but what our launch profile already gave us."""
-        p = self._profile
-        return (p is not None and spec.sandbox is None and spec.builtin is None
-                and spec.personality_set is None and spec.personality_or == p.personality_or
-                and spec.rlimits == p.rlimits and same_filter(spec.seccomp, p.seccomp)
-                and (self._filter_in_force is not None or spec.seccomp is None
-                     or not spec.seccomp.required))
-
     def _launch(self, build_id: int, spec: BuildSpec) -> None:
-        """An unsandboxed build, started with vfork + exec through ``subprocess``.
-
-        Everything the forked child would do is either a process attribute we already
-        carry (personality, core limit, the seccomp filter and no-new-privileges) or one
-        ``subprocess`` does between vfork and exec (new session, fds 0-2, chdir, closing
-        the rest, umask, default signal dispositions).  The one thing missing is the
-        builder's own PR_SET_PDEATHSIG: if we die, ``_kill_all`` SIGKILLs its process
-        group instead (and the engine does, should we be SIGKILLed).
-
-        With credentials (a build user), ``subprocess`` forks instead (no vfork with a
-        uid) and does runChild's setgroups (if a list is given), setgid and setuid; a
-        little Python then runs in that child (`_BuildUserExec`) to re-arm the parent-death
-        signal that the uid change cleared, as a forked child's step "pdeathsig" does.
-        """
+        """An unsandboxed build without a forked child (see direct_launch.py)."""
         t0 = time.perf_counter_ns()
-        step = "openpty"
         try:
-            master, slave = os.openpty()
-        except OSError as e:
-            self._send(SetupFailed(build_id=build_id, step=step, errno=e.errno or 0,
-                                   message=e.strerror or str(e)))
-            return
-        try:
-            make_raw(slave)
-            if spec.pty_owner is not None:
-                step = "pty-owner"
-                _give_pty(slave, spec.pty_owner)
-            step = "dup-fds"
-            stdin = os.open(spec.stdin_path, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                step = "exec"
-                proc = self._popen(spec, stdin, slave)
-            finally:
-                os.close(stdin)
-        except (OSError, ValueError, subprocess.SubprocessError) as e:
-            os.close(slave)
-            if isinstance(e, OSError):
-                if step == "exec" and e.filename == spec.cwd:
-                    step = "chdir"
-                elif step == "exec" and e.filename is None and spec.credentials is not None:
-                    # subprocess names no file for a failure before exec but chdir's:
-                    # setgroups, setregid or setreuid.
-                    step = "setgid/setuid"
-                detail = f": {os.fsdecode(e.filename)}" if e.filename else ""
-                err, message = e.errno or 0, f"{e.strerror}{detail}"
-            elif isinstance(e, ValueError):  # a NUL byte in the environment or argv
-                err, message = 0, f"{type(e).__name__}: {e}"
-            else:  # _BuildUserExec raised (it reports nothing else)
-                step, err, message = "pdeathsig", 0, f"{type(e).__name__}: {e}"
-            if step != "exec":
-                os.close(master)
-                self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
+            master, proc = direct_launch.launch(spec)
+        except direct_launch.LaunchFailed as e:
+            failed = SetupFailed(build_id=build_id, step=e.step, errno=e.errno, message=e.message)
+            if not e.execed:
+                self._send(failed)
                 return
             # As a forked child's failed execve looks: the build started, said why on
             # setup, exited 1, and its pty reads EOF (subprocess reaped that child).
-            self._send(Spawned(build_id=build_id, pid=0), [master])
-            self._send(SetupFailed(build_id=build_id, step=step, errno=err, message=message))
+            self._send(Spawned(build_id=build_id, pid=0), [e.master])
+            self._send(failed)
             self._send(Exited(build_id=build_id, result=ChildExited(0, 1 << 8)))
             return
-        os.close(slave)
         spawn_ns = time.perf_counter_ns() - t0
         c = _Child(build_id=build_id, pid=proc.pid, forked_ns=0, spawn_ns=spawn_ns, setup_r=-1,
                    popen=proc)
         self._children[proc.pid] = c
         self._by_build[build_id] = proc.pid
         self._send(Spawned(build_id=build_id, pid=proc.pid), [master])
-        # vfork returned: the builder has been exec'd (an exec failure raised above)
+        # subprocess returned: the builder has been exec'd (an exec failure raised above)
         self._send(Started(build_id=build_id, pid=proc.pid, spawn_ns=spawn_ns, setup_ns=0))
-
-    @staticmethod
-    def _popen(spec: BuildSpec, stdin: int, slave: int) -> subprocess.Popen:
-        creds = spec.credentials
-        if creds is None:
-            return subprocess.Popen(
-                list(spec.argv), executable=spec.builder, env=dict(spec.env), cwd=spec.cwd,
-                stdin=stdin, stdout=slave, stderr=slave, close_fds=True,
-                start_new_session=True, restore_signals=True, umask=spec.umask)
-        # Signals stay blocked across the fork (see _fork): unlike after a vfork,
-        # subprocess leaves our Python handlers to a forked child, which would swallow a
-        # Kill before its exec.  _BuildUserExec resets them, then unblocks.
-        saved = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
-        try:
-            groups = creds.supplementary_gids
-            return subprocess.Popen(
-                list(spec.argv), executable=spec.builder, env=dict(spec.env), cwd=spec.cwd,
-                stdin=stdin, stdout=slave, stderr=slave, close_fds=True,
-                start_new_session=True, restore_signals=True, umask=spec.umask,
-                extra_groups=None if groups is None else list(groups), group=creds.gid,
-                user=creds.uid, preexec_fn=_BuildUserExec(saved, spec.kill_with_parent))
-        finally:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
 
     def _fork(self, spec: BuildSpec, clone_parent: bool = False) -> int:
         # All signals stay blocked across the fork, as CPython's _posixsubprocess does:
@@ -773,34 +682,6 @@ class SpawnerLoop:
                 pass
 
 
-class _BuildUserExec:
-    """What a directly launched build user's child does after setuid, just before exec.
-
-    The kernel clears PR_SET_PDEATHSIG when the euid changes, so it is set again here
-    (and the spawner's survival checked, as child.py does; unsandboxed, getppid() tells).
-    Our Python handlers are reset to the default before the signals blocked across the
-    fork are unblocked: a signal pending since then acts as it would on the builder.
-    """
-
-    __slots__ = ("mask", "kill_with_parent", "spawner", "caught")
-
-    def __init__(self, mask, kill_with_parent: bool) -> None:
-        self.mask, self.kill_with_parent, self.spawner = mask, kill_with_parent, os.getpid()
-        # Ignored ones stay ignored (restore_signals resets SIGPIPE and SIGXFSZ), as
-        # CPython's own reset after vfork does.
-        self.caught = [sig for sig in _ALL_SIGNALS - {signal.SIGKILL, signal.SIGSTOP}
-                       if _signal.getsignal(sig) not in (_signal.SIG_DFL, _signal.SIG_IGN, None)]
-
-    def __call__(self) -> None:
-        if self.kill_with_parent:
-            prctl.set_pdeathsig(signal.SIGKILL)
-            if os.getppid() != self.spawner:  # we died before it was armed
-                os._exit(1)
-        for sig in self.caught:
-            _signal.signal(sig, _signal.SIG_DFL)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, self.mask)
-
-
 def _kill_group(pid: int, sig: int) -> None:
     # The child calls setsid() first thing; until then its group does not exist yet.
     try:
@@ -810,24 +691,6 @@ def _kill_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def _open_pty() -> tuple[int, int]:
-    master, slave = os.openpty()  # O_NOCTTY, both O_CLOEXEC (non-inheritable)
-    try:
-        make_raw(slave)
-    except BaseException:
-        os.close(master)
-        os.close(slave)
-        raise
-    return master, slave
-
-
-def _give_pty(slave: int, owner: int) -> None:
-    # Nix's startBuilder with a build user: chmod(slave, 0600); chown(slave, uid, 0).
-    # Before the child runs, so that the builder may reopen it (echo > /dev/stderr).
-    os.fchmod(slave, 0o600)
-    os.fchown(slave, owner, 0)
 
 
 def _write_file(path: str, data: bytes) -> None:
