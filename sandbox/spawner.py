@@ -37,7 +37,6 @@ import errno
 import gc
 import os
 import selectors
-import _signal
 import signal
 import resource
 import socket
@@ -52,11 +51,11 @@ from . import _linux, child, direct_launch
 from .messages import (Exited, FrameDecoder, Kill, SetupFailed, Spawned, SpawnRequest, Started,
                        encode)
 from .seccomp import compile_policy
-from .spec import BuildSpec, ChildExited, LaunchProfile, same_filter
+from .cloning import Cloned, CloneFailed, Cloner, kill_group, make_prepared
+from .spec import BuildSpec, ChildExited, LaunchProfile
 from .terminal import give_pty, open_pty
-from .zygote import Made, Zygote
+from .zygote import READY, Made, Zygote
 
-_ALL_SIGNALS = frozenset(_signal.valid_signals())
 POOL_SIZE = 2  # prepared sandboxes kept ready (see _refill); -j 2 takes two at once
 
 
@@ -74,30 +73,12 @@ class _Child:
 
 
 @dataclass(frozen=True, slots=True)
-class _Cloned:
-    """A child just made: its pty master and setup channel are still ours to hand on."""
-
-    pid: int
-    master: int
-    setup_r: int
-    mount_ns: int
-    forked_ns: int  # setup_ns counts from here
-    spawn_ns: int
-
-
-@dataclass(frozen=True, slots=True)
 class _Prepared:
     """A pooled child, prepared for ``key`` and waiting for a spec on ``spec_sock``."""
 
-    cloned: _Cloned  # its master is -1: the pty is opened at hand-over
+    cloned: Cloned  # its master is -1: the pty is opened at hand-over
     spec_sock: socket.socket
     key: tuple
-
-
-class _CloneFailed(Exception):
-    def __init__(self, step: str, error: BaseException, pid: int | None = None):
-        super().__init__(step, error, pid)
-        self.step, self.error, self.pid = step, error, pid
 
 
 class SpawnerLoop:
@@ -115,6 +96,7 @@ class SpawnerLoop:
         self._by_build: dict[int, int] = {}  # build_id -> pid
         # The children inherit the read end; only we hold the write end.
         self._lifeline_r, self._lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self._cloner = Cloner(self._lifeline_r, self._lifeline_w, filter_in_force)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._sock, selectors.EVENT_READ, "sock")
@@ -133,7 +115,7 @@ class SpawnerLoop:
     # -- main loop ---------------------------------------------------------------------
 
     def run(self) -> None:
-        self._start_zygote()  # first: it must inherit no handler and no build's fd
+        self._start_zygote()
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # wake the selector via the fd
         signal.signal(signal.SIGTERM, lambda *_: self._stop())
@@ -224,7 +206,7 @@ class SpawnerLoop:
             try:
                 if self._hand_over(build_id, request.spec_pickle, key, request.pty_owner):
                     return
-            except _CloneFailed as e:  # no pty left
+            except CloneFailed as e:  # no pty left
                 self._clone_failed(build_id, e)
                 return
         spec = request.spec()
@@ -232,90 +214,13 @@ class SpawnerLoop:
             self._launch(build_id, spec)
             return
         try:
-            cloned = self._clone(spec, lambda fds, f: child.run(spec, fds, f))
-        except _CloneFailed as e:
+            cloned = self._cloner.clone(spec, lambda fds, f: child.run(spec, fds, f))
+        except CloneFailed as e:
             self._clone_failed(build_id, e)
             return
         self._adopt(build_id, cloned)
 
-    def _clone(self, spec: BuildSpec, child_main, *, with_pty: bool = True,
-               clone_parent: bool = False) -> _Cloned:
-        """Fork or clone a child that runs ``child_main(fds, seccomp_filter)``; id maps written.
-
-        ``with_pty=False``: the child gets its pty later (a pooled child, at hand-over).
-
-        Raises:
-            _CloneFailed: naming the step; its ``pid`` is set (and the child SIGKILLed)
-                if the child exists already.
-        """
-        t0 = time.perf_counter_ns()
-        opened: list[int] = []
-        step = "openpty"
-        try:
-            # The pty comes first: opened after CLONE_NEWUSER it would be owned by a devpts
-            # instance the builder's namespace does not map (EPERM / wrong owner).
-            master, slave = open_pty() if with_pty else (-1, -1)
-            opened += (master, slave)
-            if with_pty and spec.pty_owner is not None:
-                step = "pty-owner"
-                give_pty(slave, spec.pty_owner)
-            step = "pipe"
-            setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
-            opened += (setup_r, setup_w)
-            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-            opened += (sync_r, sync_w)
-            step = "seccomp"
-            seccomp_filter = self._child_filter(spec)
-            step = "clone" if spec.sandbox is not None else "fork"
-            pid = self._fork(spec, clone_parent)
-        except Exception as e:
-            # EMFILE, no free pty, a bad policy: this build fails, the others go on (as in
-            # Nix, where only the goal whose startBuilder threw fails).
-            for fd in opened:
-                if fd != -1:
-                    os.close(fd)
-            raise _CloneFailed(step, e) from e
-        fds = child.ChildFds(pty_slave=slave, setup_w=setup_w, sync_r=sync_r, sync_w=sync_w,
-                             lifeline_r=self._lifeline_r, lifeline_w=self._lifeline_w)
-        if pid == 0:  # the child; never returns
-            gc.disable()  # a collection would touch (copy) every page of the heap before exec
-            child_main(fds, seccomp_filter)
-        forked_ns = time.perf_counter_ns()
-        for fd in (slave, setup_w, sync_r):
-            if fd != -1:
-                os.close(fd)
-        mount_ns = -1
-        sandbox = spec.sandbox
-        step = "uid_map"
-        try:
-            if sandbox is not None and sandbox.user_namespace:
-                # Order matters: gid_map is only writable by an unprivileged parent after
-                # setgroups has been denied.
-                for step, text in (("uid_map", sandbox.uid_map.render()),
-                                   ("setgroups", b"deny"),
-                                   ("gid_map", sandbox.gid_map.render())):
-                    _write_file(f"/proc/{pid}/{step}", text)
-            if sandbox is not None and sandbox.unshare_mount_before_pivot:
-                # Nix's sandboxMountNamespace: keeps the un-pivoted namespace for binding
-                # paths in later; as long as it lives, the builder's fds opened before
-                # pivot_root (stdin's /dev/null) still resolve to "/dev/null", not "/null".
-                step = "mount-ns"
-                mount_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            if sandbox is not None and sandbox.user_namespace:
-                step = "id-map-sync"
-                os.write(sync_w, b"1")  # the child waits for this (wait-for-id-map)
-        except OSError as e:
-            # The child is waiting on the sync pipe; closing it makes it exit.
-            for fd in (master, setup_r, sync_w, mount_ns):
-                if fd != -1:
-                    os.close(fd)
-            _kill_group(pid, signal.SIGKILL)
-            raise _CloneFailed(step, e, pid) from e
-        os.close(sync_w)
-        return _Cloned(pid=pid, master=master, setup_r=setup_r, mount_ns=mount_ns,
-                       forked_ns=forked_ns, spawn_ns=time.perf_counter_ns() - t0)
-
-    def _clone_failed(self, build_id: int, failure: _CloneFailed) -> None:
+    def _clone_failed(self, build_id: int, failure: CloneFailed) -> None:
         e = failure.error
         if isinstance(e, OSError):
             err, message = e.errno or 0, e.strerror or str(e)
@@ -330,7 +235,7 @@ class SpawnerLoop:
                                                  forked_ns=0, spawn_ns=0, setup_r=-1)
             self._by_build[build_id] = failure.pid
 
-    def _adopt(self, build_id: int, cloned: _Cloned, prepared: bool = False) -> None:
+    def _adopt(self, build_id: int, cloned: Cloned, prepared: bool = False) -> None:
         """The child now runs ``build_id``: watch its setup channel, give the engine its pty."""
         c = _Child(build_id=build_id, pid=cloned.pid, forked_ns=cloned.forked_ns,
                    spawn_ns=cloned.spawn_ns, setup_r=cloned.setup_r, mount_ns=cloned.mount_ns,
@@ -373,7 +278,7 @@ class SpawnerLoop:
     def _refill(self) -> None:
         """Have one prepared child cloned for the template: by the zygote, or here."""
         key = self._template_key
-        if self._zygote is not None:
+        if self._zygote is not None and self._zygote.ready:
             try:
                 self._zygote.request(key, self._template_pickle)
             except OSError as e:
@@ -383,34 +288,13 @@ class SpawnerLoop:
                 self._zygote_pending.append(key)
                 return
         try:
-            cloned, spec_w = self._make_prepared(self._template)
-        except _CloneFailed:
+            cloned, spec_w = make_prepared(self._cloner, self._template)
+        except CloneFailed:
             # A direct clone for the next build will fail the same way and say why.
             self._pool_broken.add(key)
             return
         self._pool[cloned.pid] = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=spec_w),
                                            key=key)
-
-    def _make_prepared(self, template: BuildSpec, clone_parent: bool = False):
-        """Clone a child prepared for ``template``: (its _Cloned, our end of its spec socket).
-
-        ``clone_parent``: in the zygote, which makes the child the spawner's.
-        """
-        # A socket, not a pipe: the pty comes with the spec (SCM_RIGHTS).  Opening it only
-        # then keeps the host's pty numbers (/dev/pts/N, which a builder sees) as they are
-        # without a pool, and a waiting child from holding a pty.
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        spec_w, spec_r = ours.detach(), theirs.detach()
-        try:
-            cloned = self._clone(template,
-                                 lambda fds, f: child.run_prepared(template, fds, f, spec_r),
-                                 with_pty=False, clone_parent=clone_parent)
-        except BaseException:
-            os.close(spec_w)
-            raise
-        finally:
-            os.close(spec_r)
-        return cloned, spec_w
 
     # -- the zygote (zygote.py) ------------------------------------------------------------
 
@@ -418,9 +302,9 @@ class SpawnerLoop:
         if self._pool_size <= 0:
             return
         try:
-            self._zygote = Zygote.start(lambda spec: self._make_prepared(spec, clone_parent=True),
-                                        (self._lifeline_r, self._lifeline_w))
-        except OSError:  # no fork left: we clone the pool's children ourselves
+            self._zygote = Zygote.start((self._lifeline_r, self._lifeline_w),
+                                        self._filter_in_force)
+        except OSError:  # no process left: we clone the pool's children ourselves
             return
         self._sel.register(self._zygote.fileno(), selectors.EVENT_READ, "zygote")
 
@@ -432,6 +316,8 @@ class SpawnerLoop:
         if reply is None:
             self._zygote_gone()
             return
+        if reply == READY:  # from now on it makes the pool's children
+            return
         key = self._zygote_pending.pop(0)
         if not self._zygote_pending:
             # Every child it made is named now (or was killed when it failed): a pid
@@ -442,7 +328,7 @@ class SpawnerLoop:
         if not isinstance(reply, Made):
             self._pool_broken.add(key)  # a direct clone will say why
             return
-        cloned = _Cloned(pid=reply.pid, master=-1, setup_r=reply.setup_r,
+        cloned = Cloned(pid=reply.pid, master=-1, setup_r=reply.setup_r,
                          mount_ns=reply.mount_ns, forked_ns=reply.forked_ns,
                          spawn_ns=reply.spawn_ns)
         p = _Prepared(cloned=cloned, spec_sock=socket.socket(fileno=reply.spec_w), key=key)
@@ -493,22 +379,22 @@ class SpawnerLoop:
                 os.close(master)
                 os.close(slave)
                 self._close_prepared(p)
-                _kill_group(pid, signal.SIGKILL)
-                raise _CloneFailed("spec", e, pid) from e
+                kill_group(pid, signal.SIGKILL)
+                raise CloneFailed("spec", e, pid) from e
             for fd in (master, slave):
                 if fd != -1:
                     os.close(fd)
             self._close_prepared(p)
-            _kill_group(pid, signal.SIGKILL)
+            kill_group(pid, signal.SIGKILL)
             if e.errno in (errno.EPIPE, errno.ECONNRESET):  # it died meanwhile (reaped later)
                 return False
-            raise _CloneFailed(step, e) from e
+            raise CloneFailed(step, e) from e
         finally:
             p.spec_sock.close()
         os.close(slave)
         now = time.perf_counter_ns()
         cloned = p.cloned
-        self._adopt(build_id, _Cloned(pid=pid, master=master, setup_r=cloned.setup_r,
+        self._adopt(build_id, Cloned(pid=pid, master=master, setup_r=cloned.setup_r,
                                       mount_ns=cloned.mount_ns, forked_ns=now,
                                       spawn_ns=now - t0), prepared=True)
         return True
@@ -517,7 +403,7 @@ class SpawnerLoop:
         p = self._pool.pop(pid)
         p.spec_sock.close()
         self._close_prepared(p)
-        _kill_group(pid, signal.SIGKILL)
+        kill_group(pid, signal.SIGKILL)
 
     @staticmethod
     def _close_prepared(p: _Prepared) -> None:
@@ -531,16 +417,6 @@ class SpawnerLoop:
         p.spec_sock.close()
         self._close_prepared(p)
         self._pool_broken.add(p.key)  # a direct clone will report the failing step
-
-    def _child_filter(self, spec: BuildSpec):
-        """The filter a forked child must load (None: none, or ours, which it inherits)."""
-        if self._filter_in_force is None:
-            return compile_policy(spec.seccomp) if spec.seccomp else None
-        if not same_filter(spec.seccomp, self._filter_in_force):
-            # A filter cannot be lifted; the engine asked for this one when it started us.
-            raise OSError(0, "the build's syscall filter differs from the one the engine "
-                             "started with (filter-syscalls or allow-new-privileges changed)")
-        return None
 
     def _launch(self, build_id: int, spec: BuildSpec) -> None:
         """An unsandboxed build without a forked child (see direct_launch.py)."""
@@ -566,39 +442,6 @@ class SpawnerLoop:
         self._send(Spawned(build_id=build_id, pid=proc.pid), [master])
         # subprocess returned: the builder has been exec'd (an exec failure raised above)
         self._send(Started(build_id=build_id, pid=proc.pid, spawn_ns=spawn_ns, setup_ns=0))
-
-    def _fork(self, spec: BuildSpec, clone_parent: bool = False) -> int:
-        # All signals stay blocked across the fork, as CPython's _posixsubprocess does:
-        # the child inherits our Python handlers (SIGTERM would stop *our* loop, in its
-        # copy), and a Kill arriving before it resets them would be swallowed.  The child
-        # resets every disposition and then unblocks (child.py, step "signals"), so a
-        # signal sent during setup stays pending and then acts as it would on the builder.
-        # _signal's functions take and return plain ints; signal's wrappers convert all 64
-        # to enums on every call, which cost ~0.35 ms per spawn.
-        saved = _signal.pthread_sigmask(_signal.SIG_BLOCK, _ALL_SIGNALS)
-        try:
-            pid = self._fork_or_clone(spec, clone_parent)
-        except BaseException:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
-            raise
-        if pid != 0:
-            _signal.pthread_sigmask(_signal.SIG_SETMASK, saved)
-        return pid
-
-    @staticmethod
-    def _fork_or_clone(spec: BuildSpec, clone_parent: bool = False) -> int:
-        sandbox = spec.sandbox
-        if sandbox is None:
-            return os.fork()
-        flags = (_linux.CLONE_NEWNS | _linux.CLONE_NEWPID | _linux.CLONE_NEWIPC
-                 | _linux.CLONE_NEWUTS | signal.SIGCHLD)
-        if clone_parent:
-            flags |= _linux.CLONE_PARENT
-        if sandbox.user_namespace:
-            flags |= _linux.CLONE_NEWUSER
-        if sandbox.private_network:
-            flags |= _linux.CLONE_NEWNET
-        return _linux.clone(flags)
 
     def _read_setup(self, pid: int) -> None:
         c = self._children.get(pid)
@@ -630,7 +473,7 @@ class SpawnerLoop:
     def _kill(self, build_id: int, sig: int) -> None:
         pid = self._by_build.get(build_id)
         if pid is not None:
-            _kill_group(pid, sig)
+            kill_group(pid, sig)
 
     def _reap(self) -> None:
         while self._children or self._pool or self._zygote is not None or self._zygote_pending:
@@ -648,6 +491,7 @@ class SpawnerLoop:
             if pid in self._pool:
                 self._pooled_exited(pid)
             elif self._zygote is not None and pid == self._zygote.pid:
+                self._zygote.reaped(status)
                 self._zygote_gone()
             elif self._zygote_pending:  # a child the zygote made and has yet to name
                 self._reaped_unclaimed.add(pid)
@@ -674,33 +518,12 @@ class SpawnerLoop:
         for pid in list(self._pool):
             self._discard(pid)
         for pid in list(self._children):
-            _kill_group(pid, signal.SIGKILL)
+            kill_group(pid, signal.SIGKILL)
         for pid in list(self._children):
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    # The child calls setsid() first thing; until then its group does not exist yet.
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _write_file(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, data)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from e  # the kernel's EINVAL names no file
-    finally:
-        os.close(fd)
 
 
 def _drain(fd: int) -> None:

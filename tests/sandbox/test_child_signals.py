@@ -32,7 +32,7 @@ _SPAWNER = textwrap.dedent("""
     out_r, out_w = os.pipe()
     setup_r, setup_w = os.pipe2(os.O_CLOEXEC)
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-    pid = loop._fork(spec)
+    pid = loop._cloner.fork(spec)
     if pid == 0:
         os.kill(os.getpid(), signal.SIGTERM)  # = a Kill(SIGTERM) right after the fork
         child.run(spec, child.ChildFds(pty_slave=out_w, setup_w=setup_w, sync_r=sync_r,

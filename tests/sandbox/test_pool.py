@@ -160,12 +160,30 @@ def _ppid(pid: int) -> int | None:
         return None
 
 
+def _zygote_ready(spawner, dirs) -> int:
+    """Builds until both prepared children are the zygote's (it starts in ~0.1 s; until
+    then the spawner clones them itself); the zygote's pid."""
+    for i in range(100):
+        waiting = _waiting_children(spawner)
+        if len(waiting) == 2 and all(_cloned_by_zygote(pid) for pid in waiting):
+            [zygote] = [pid for pid in _children(spawner) if not _is_pid_1(pid)]
+            return zygote
+        (dirs / f"z{i}").mkdir()
+        run_build(spawner, sandbox_spec(dirs / f"z{i}", "true"), build_id=1000 + i)
+        time.sleep(0.05)
+    raise AssertionError("the zygote made no prepared child")
+
+
+def _cloned_by_zygote(pid: int) -> bool:
+    # A clone runs its maker's program until it execs: the zygote's, not the spawner's.
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return b"goalkeeper.sandbox.zygote" in f.read()
+
+
 def test_the_zygote_makes_the_pool_children_of_the_spawner(spawner, dirs):
     """Cloned with CLONE_PARENT: the spawner's children (it reaps them), made by one more
     child of the spawner outside any sandbox, its zygote: stopped, no refill happens."""
-    _until_prepared(spawner, dirs, "true")
-    _wait_for(lambda: len(_waiting_children(spawner)) == 2)
-    [zygote] = [pid for pid in _children(spawner) if not _is_pid_1(pid)]
+    zygote = _zygote_ready(spawner, dirs)
     os.kill(zygote, signal.SIGSTOP)
     try:
         outcomes = [run_build(spawner, sandbox_spec(dirs / name, "true"), build_id=i)
@@ -179,9 +197,7 @@ def test_the_zygote_makes_the_pool_children_of_the_spawner(spawner, dirs):
 
 
 def test_without_its_zygote_the_spawner_prepares_children_itself(spawner, dirs):
-    _until_prepared(spawner, dirs, "true")
-    _wait_for(lambda: len(_waiting_children(spawner)) == 2)
-    [zygote] = [pid for pid in _children(spawner) if not _is_pid_1(pid)]
+    zygote = _zygote_ready(spawner, dirs)
     os.kill(zygote, signal.SIGKILL)
     _wait_for(lambda: not _alive(zygote))
     outcomes = [run_build(spawner, sandbox_spec(dirs / name, "true"), build_id=i)
@@ -189,4 +205,5 @@ def test_without_its_zygote_the_spawner_prepares_children_itself(spawner, dirs):
     assert [o.exited.exit_status for o in outcomes] == [0, 0]
     assert all(o.started.prepared for o in outcomes)  # the two the zygote had made
     _wait_for(lambda: len(_waiting_children(spawner)) == 2)  # and two more, made here
+    assert not any(_cloned_by_zygote(pid) for pid in _waiting_children(spawner))
     assert _until_prepared(spawner, dirs / "b0", "true")[0].started.prepared
