@@ -91,7 +91,7 @@ class Zygote:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             base = child.spawner_base
-            args = {"path": [p for p in sys.path if isinstance(p, str) and os.path.isdir(p)],
+            args = {"path": [p for p in sys.path if isinstance(p, str) and os.path.exists(p)],
                     "package": os.path.dirname(os.path.dirname(child.__file__)),
                     "sock": theirs.fileno(), "lifeline": lifeline, "spawner": os.getpid(),
                     # pickled apart: read once the package can be imported

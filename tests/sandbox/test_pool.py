@@ -64,6 +64,8 @@ def test_concurrent_builds_each_get_their_own_child(spawner, tmp_path):
     build_id = 0
     prepared = 0
     for _ in range(6):
+        if build_id:  # the pool prepares for the last spec; the zygote answers later
+            _wait_for(lambda: len(_waiting_children(spawner)) == 2)
         ids = []
         for _ in range(2):
             build_id += 1
@@ -191,6 +193,10 @@ def test_the_zygote_makes_the_pool_children_of_the_spawner(spawner, dirs):
         assert [(o.started.prepared, o.exited.exit_status) for o in outcomes] == [(True, 0)] * 2
         time.sleep(0.3)  # time enough for a clone
         assert _waiting_children(spawner) == []
+        # With the zygote's children still to come, a build gets a clone of its own.
+        (dirs / "late").mkdir()
+        late = run_build(spawner, sandbox_spec(dirs / "late", "true"), build_id=7)
+        assert (late.started.prepared, late.exited.exit_status) == (False, 0)
     finally:
         os.kill(zygote, signal.SIGCONT)
     _wait_for(lambda: len(_waiting_children(spawner)) == 2)
