@@ -33,7 +33,7 @@ from .results import BuildResult, Status
 from .start_builder import wait_for_cleanup
 from .store_actor import start_store_actor
 from .worker import GoalServices, WorkerActor, stop_worker
-from .worker_messages import BuildDerivation, BuildLogLine, DerivedPath, Realise, Realised
+from .worker_messages import BuildDerivation, DerivedPath, Realise, Realised
 
 __all__ = ["Engine", "DerivedPath", "Realised", "Missing", "BuildMode", "BuildResult"]
 
@@ -68,8 +68,9 @@ class Engine:
         self._closed = False
         self._store_ref = start_store_actor(store)
         self._reader = StoreReader(store)
-        self._runner = BuildRunner(log_dir=store.config.log_dir, settings=settings, on_log_line=self._on_log_line,
-                                   on_message=self._on_message, logger_is_verbose=logger_is_verbose)
+        # Each build's log lines go to its own goal's worker (run_build's callbacks).
+        self._runner = BuildRunner(log_dir=store.config.log_dir, settings=settings,
+                                   logger_is_verbose=logger_is_verbose)
         self._runner.start()
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(settings.get("max-substitution-jobs"))),
                                         thread_name_prefix="goalkeeper-substitute")
@@ -179,10 +180,3 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _on_log_line(self, drv_path: StorePath, line: str) -> None:
-        # On the runner's thread: the worker knows which requests the build serves.
-        self._worker_ref.tell(BuildLogLine(drv_path=drv_path, line=line))
-
-    def _on_message(self, drv_path: StorePath, level: int, text: str) -> None:
-        self._worker_ref.tell(BuildLogLine(drv_path=drv_path, line=text, is_message=True))
